@@ -1,0 +1,25 @@
+# `make test`: create .venv, install the package with its dev extra (CPU torch pinned), run the tests.
+# `make run`:  the same install, then the default experiment.
+PYTHON ?= python3
+VENV   ?= .venv
+PIP     = $(VENV)/bin/pip
+PY      = $(VENV)/bin/python
+
+.PHONY: install test test-fast run
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+run: install
+	$(PY) -m sde_diffusion

@@ -1,0 +1,84 @@
+"""Stochastic predictors for the reverse SDE: Euler-Maruyama, reverse diffusion, ancestral (DDPM) sampling.
+
+Each takes its coefficients from the SDE (drift, g, or the exact Gaussian transition of a LinearSDE), never from
+a schedule table, so it runs on any SDE the interface can express.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sde import LinearSDE
+from ..tensors import append_dims
+from .base import Solver, gaussian_noise
+
+
+def _require_linear(term, solver: Solver) -> LinearSDE:
+    if not isinstance(term.sde, LinearSDE):
+        raise ValueError(f"{solver.name} needs a LinearSDE (it uses the exact Gaussian transition); got {term.sde!r}")
+    return term.sde
+
+
+class EulerMaruyama(Solver):
+    """x_{n+1} = x_n + [f - g^2 score] dt + g sqrt(|dt|) z,  dt = t_{n+1} - t_n < 0 (Song et al. 2021)."""
+
+    name = "euler_maruyama"
+    order = 0.5  # strong order; weak order 1
+    stochastic = True
+    default_steps = 1000
+
+    def step(self, term, x, t, t_next, context, generator):
+        dt = t_next - t
+        g = append_dims(term.diffusion(t), x.ndim)
+        return x + term.drift(x, t) * dt + g * (-dt).sqrt() * gaussian_noise(x, generator)
+
+
+class ReverseDiffusion(Solver):
+    """The reverse-diffusion predictor of Song et al. (2021, eq. 46), from the forward discretisation
+    x_t = a x_s + sqrt(v) z between the grid times (a, v exact for a LinearSDE):
+
+        x_s = x_t - (a - 1) x_t + v score(x_t, t) + sqrt(v) z.
+    """
+
+    name = "reverse_diffusion"
+    stochastic = True
+    default_steps = 1000
+
+    def step(self, term, x, t, t_next, context, generator):
+        sde = _require_linear(term, self)
+        a, v = sde.transition(t_next, t)
+        a, v = append_dims(a, x.ndim), append_dims(v, x.ndim)
+        mean = (2 - a) * x + v * term.score.score(x, t)
+        return mean + v.sqrt() * gaussian_noise(x, generator)
+
+
+class Ancestral(Solver):
+    """Ancestral (DDPM) sampling (Ho et al. 2020): draw x_s from the posterior q(x_s | x_t, x0_hat) with
+    x0_hat = E[x_0 | x_t] from the model; the mean is the seeds' reverse mean from eps.
+
+    `variance`: "posterior" (beta~_t, the default), "forward" (beta_t), or "interpolated" with weight
+    `interpolation` v: exp(v log beta_t + (1 - v) log beta~_t) (Nichol & Dhariwal 2021).
+    """
+
+    name = "ancestral"
+    stochastic = True
+    default_steps = 1000
+    VARIANCES = ("posterior", "forward", "interpolated")
+
+    def __init__(self, variance: str = "posterior", interpolation: float = 0.5):
+        if variance not in self.VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {self.VARIANCES}")
+        if not 0.0 <= interpolation <= 1.0:
+            raise ValueError(f"interpolation must lie in [0, 1]; got {interpolation}")
+        self.variance, self.interpolation = variance, float(interpolation)
+
+    def step(self, term, x, t, t_next, context, generator):
+        sde = _require_linear(term, self)
+        mean, posterior_var = sde.posterior(term.score.x0(x, t), x, t, t_next)
+        if self.variance == "posterior":
+            var = posterior_var
+        else:
+            forward_var = append_dims(sde.transition(t_next, t)[1], x.ndim)
+            w = 1.0 if self.variance == "forward" else self.interpolation
+            var = torch.exp(w * forward_var.log() + (1 - w) * posterior_var.log())
+        return mean + var.sqrt() * gaussian_noise(x, generator)
