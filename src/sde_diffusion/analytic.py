@@ -79,7 +79,7 @@ class GaussianMixture:
         """`n_components` equal isotropic Gaussians of std `std` evenly spaced on a circle of `radius`."""
         angles = torch.arange(n_components, dtype=torch.float64) * 2 * math.pi / n_components
         means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-        return cls(torch.ones(n_components), means, torch.full((n_components,), std**2), **kwargs)
+        return cls(torch.ones(n_components), means, torch.full((n_components,), std**2, dtype=torch.float64), **kwargs)
 
     @classmethod
     def random(

@@ -45,7 +45,7 @@ def sample(
     """Draw samples by integrating the reverse SDE (or probability flow) of `score` from `t_max` to `t_min`.
 
     Start from `x_T` or from `shape` prior draws. `steps` and `grid` set the time grid (defaults: the solver's
-    `default_steps` and `default_grid`; a sequence of times is used as given). With `denoise`, the last state is
+    `default_steps`, and its `default_grid` or else the SDE's; a sequence of times is used as given). With `denoise`, the last state is
     replaced by Tweedie's E[x_0 | x_t_min] = (x - sigma eps) / alpha, one more function evaluation, counted.
     `result.nfe` is what the score model's wrapper counted during this call.
     """
@@ -60,7 +60,7 @@ def sample(
     elif not torch.isfinite(x_T).all():
         raise ValueError("x_T holds NaN or inf")
     t_min = sde.default_t_min if t_min is None else float(t_min)
-    grid = get_grid(grid if grid is not None else solver.default_grid)
+    grid = get_grid(grid if grid is not None else solver.default_grid or sde.default_grid)
     times = grid(sde, steps if steps is not None else solver.default_steps, t_min, t_max).to(x_T.dtype).to(x_T.device)
     nfe_start = model.nfe
     result = solver.solve(model, x_T, times, generator, keep_trajectory=keep_trajectory, progress=progress)

@@ -60,6 +60,9 @@ class SDE(ABC):
     default_t_min: float = 1e-3
     """Where samplers stop by default: the smallest time at which the score is trusted."""
 
+    default_grid: str = "uniform"
+    """The time grid samplers use when neither the call nor the solver names one."""
+
 
 class LinearSDE(SDE):
     """`dx = f(t) x dt + g(t) dW` with marginal `x_t = alpha(t) x_0 + sigma(t) eps`.
@@ -362,6 +365,7 @@ class EDMSDE(LinearSDE):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.T = self.sigma_max
         self.default_t_min = self.sigma_min
+        self.default_grid = "edm"
 
     def f(self, t):
         return torch.zeros_like(as_time(t))

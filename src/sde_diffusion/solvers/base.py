@@ -59,7 +59,7 @@ class Solver:
     order: ClassVar[float] = 1.0
     stochastic: ClassVar[bool] = False
     probability_flow: ClassVar[bool] = False
-    default_grid: ClassVar[str] = "uniform"
+    default_grid: ClassVar[str | None] = None  # None: the SDE's own default_grid
     default_steps: ClassVar[int] = 100
 
     def step(

@@ -80,12 +80,15 @@ class ScipyODE(Solver):
 
         def rhs(t, y):
             x = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-            return term.drift(x, torch.tensor(t, dtype=dtype, device=device)).detach().cpu().numpy().reshape(-1).astype(np.float64)
+            dx = term.drift(x, torch.tensor(t, dtype=dtype, device=device))
+            if not torch.isfinite(dx).all():
+                raise NonFiniteError(f"scipy {self.method}: the probability-flow drift is NaN or inf at t = {t:.6g}")
+            return dx.detach().cpu().numpy().reshape(-1).astype(np.float64)
 
         t0, t1 = float(times[0]), float(times[-1])
         sol = solve_ivp(rhs, (t0, t1), x_T.detach().cpu().numpy().reshape(-1).astype(np.float64), method=self.method, rtol=self.rtol, atol=self.atol)
         if not sol.success:
-            raise NonFiniteError(f"scipy {self.method} failed between t = {t0:g} and {t1:g}: {sol.message}")
+            raise RuntimeError(f"scipy {self.method} failed between t = {t0:g} and {t1:g}: {sol.message}")
         x = torch.as_tensor(sol.y[:, -1], dtype=dtype, device=device).reshape(shape)
         check_finite(x, self, len(sol.t) - 2, len(sol.t) - 1, sol.t[-2], sol.t[-1])
         trajectory = None
