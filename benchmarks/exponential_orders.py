@@ -13,7 +13,6 @@ reported at three tolerances (rtol = atol) with its measured NFE.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
