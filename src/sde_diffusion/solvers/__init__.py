@@ -14,6 +14,11 @@ from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGri
 from .ode import RK4, Euler, Heun, ScipyODE
 from .sdeint import TorchSDE
 from .stochastic import Ancestral, EulerMaruyama, ReverseDiffusion
+from .exponential import (
+    DDIM, AdaptiveDPMSolver, DPMSolver1, DPMSolver2, DPMSolver3, DPMSolverPP2M, DPMSolverPP2S, DPMSolverPP3M,
+    SDEDPMSolverPP2M,
+)
+from .unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {
     cls.name: cls
@@ -27,6 +32,16 @@ SOLVERS: dict[str, type[Solver]] = {
         RK4,
         ScipyODE,
         TorchSDE,
+        DDIM,
+        DPMSolver1,
+        DPMSolver2,
+        DPMSolver3,
+        DPMSolverPP2S,
+        DPMSolverPP2M,
+        DPMSolverPP3M,
+        SDEDPMSolverPP2M,
+        UniPC,
+        AdaptiveDPMSolver,
     )
 }
 
