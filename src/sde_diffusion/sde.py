@@ -464,5 +464,26 @@ class TabulatedLinearSDE(LinearSDE):
     def log_snr(self, t):
         return -0.5 * torch.log(self._hermite(as_time(t), self._rho, self._drho))
 
+    def t_of_log_snr(self, log_snr):
+        """Bracket lambda in the node table, then Newton steps on log rho(t) = -2 lambda inside the bracket."""
+        lam = torch.as_tensor(log_snr)
+        target = (-2 * lam).to(torch.float64).cpu()  # log rho
+        log_rho_nodes = torch.log(self._rho[1:])  # increasing; rho(0) = 0
+        k = torch.searchsorted(log_rho_nodes, target).clamp(0, len(log_rho_nodes) - 1)  # root in (t_k, t_k+1]
+        lo, hi = self._nodes[k].clamp_min(1e-12 * self._h), self._nodes[k + 1]
+        t = 0.5 * (lo + hi)
+        for _ in range(8):
+            rho = self._hermite(t, self._rho, self._drho)
+            slope = self._hermite_slope(t, self._rho, self._drho) / rho  # d log rho / dt
+            t = torch.nan_to_num(t - (rho.log() - target) / slope, nan=0.0).clamp(lo, hi)
+        return t.to(dtype=lam.dtype if lam.is_floating_point() else torch.float64, device=lam.device)
+
+    def _hermite_slope(self, t64: torch.Tensor, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+        k = torch.clamp(torch.floor(t64 / self._h).long(), 0, len(self._nodes) - 2)
+        s = (t64 - self._nodes[k]) / self._h
+        d00, d10 = 6 * s * (s - 1), (1 - s) * (1 - 3 * s)
+        d01, d11 = -6 * s * (s - 1), s * (3 * s - 2)
+        return (d00 * y[k] + d01 * y[k + 1]) / self._h + d10 * dy[k] + d11 * dy[k + 1]
+
     def __repr__(self):
         return f"TabulatedLinearSDE(T={self.T})"
