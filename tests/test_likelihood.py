@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from scipy import integrate, special
+from scipy import integrate
 
 import sde_diffusion as sd
 from sde_diffusion.likelihood import Quantization, bits_per_dim, draw_probes, evaluate_bits_per_dim, log_prob
@@ -267,10 +267,10 @@ def test_bits_per_dim_offset_follows_the_scaling():
 
 
 def test_evaluate_bits_per_dim_from_a_hydra_config():
+    from pathlib import Path
+
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    from pathlib import Path
 
     cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "likelihood" / "bpd.yaml")
     cfg.n_dequant, cfg.batch_size, cfg.divergence = 2, 5, "exact"
@@ -345,7 +345,7 @@ def test_exponential_integrators_are_refused_clearly():
 
 
 def test_detached_network_is_refused():
-    sde, _, x = _setup()
+    _, _, x = _setup()
     with pytest.raises(RuntimeError, match="differentiable in x"):
         log_prob(sd.VESDE(), lambda x, t: -x.detach(), x, method="euler", steps=2)
 

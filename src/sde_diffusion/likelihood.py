@@ -522,14 +522,15 @@ def evaluate_bits_per_dim(
     batch_size: int = 128,
     max_batches: int | None = None,
     seed: int = 0,
+    device: torch.device | str | None = None,
     progress: bool = False,
     **options,
 ) -> dict[str, Any]:
     """A test set's bits/dim: `bits_per_dim` batch by batch, summarised as a JSON-ready dict.
 
     `data` is a tensor of quantised samples (split into `batch_size` batches) or an iterable of batches, each a
-    tensor or a tuple whose first entry is the data (a DataLoader of (x, label)). Randomness (dequantisation,
-    probes) comes from one generator seeded with `seed`. This is the function the Hydra application calls
+    tensor or a tuple whose first entry is the data (a DataLoader of (x, label)), moved to `device` if given.
+    Randomness (dequantisation, probes) comes from one generator seeded with `seed`, on the data's device. This is the function the Hydra application calls
     (`conf/likelihood/*.yaml` instantiate it with `_partial_: true`); `options` pass to `log_prob`.
     """
     if isinstance(data, torch.Tensor):
@@ -539,7 +540,7 @@ def evaluate_bits_per_dim(
         batches: Iterable = data.split(batch_size)
     else:
         batches = data
-    generator = torch.Generator().manual_seed(seed)
+    generator = None
     if progress:
         from tqdm.auto import tqdm
 
@@ -549,6 +550,9 @@ def evaluate_bits_per_dim(
         if max_batches is not None and n_batches >= max_batches:
             break
         y = batch[0] if isinstance(batch, (tuple, list)) else batch
+        y = y.to(device) if device is not None and isinstance(y, torch.Tensor) else y
+        if generator is None:
+            generator = torch.Generator(device=y.device).manual_seed(seed)
         result = bits_per_dim(
             sde, score, y, levels=levels, data_range=data_range, n_dequant=n_dequant, generator=generator, **options
         )
