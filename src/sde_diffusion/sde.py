@@ -290,6 +290,8 @@ class OUSDE(LinearSDE):
     N(0, I) is invariant; alpha(t) = exp(-rate t), sigma(t) = sqrt(1 - exp(-2 rate t)).
     """
 
+    default_grid = "log_snr"  # a uniform grid over T = 10 jumps from sigma = 0.1 to 0.03 in its last step
+
     def __init__(self, rate: float = 0.5, T: float = 10.0):
         self.rate, self.T = _positive("rate", rate), _positive("T", T)
 
