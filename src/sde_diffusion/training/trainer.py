@@ -168,19 +168,18 @@ class Trainer:
         self.eval_every, self.eval_fn, self.log_every, self.progress = int(eval_every), eval_fn, max(1, int(log_every)), progress
         self.conditional = bool(getattr(model, "num_classes", None)) and getattr(data, "labels", None) is not None
 
+        self.train_model = self.model
+        if self.ctx.distributed:  # wrapping broadcasts rank 0's weights, so it comes before the EMA copy
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.compile:
+            self.train_model = torch.compile(self.train_model)
         self.ema = EMA(self.model, ema_decay, ema_warmup)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         self.batches = ShardedBatches(data, batch_size, self.seed, self.ctx.rank, self.ctx.world_size)
         self.generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.ctx.rank, 1))
         torch.manual_seed(derive_seed(self.seed, self.ctx.rank, 2))  # dropout draws from the global RNG
         self.step, self.history = 0, []
-
-        self.train_model = self.model
-        if self.ctx.distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        if self.compile:
-            self.train_model = torch.compile(self.train_model)
 
         if self.checkpoint_dir is not None and list_checkpoints(self.checkpoint_dir):
             if not resume:
