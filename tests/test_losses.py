@@ -44,7 +44,7 @@ def test_l_simple_is_the_eps_matching_special_case():
     sde = sd.VPSDE()
     torch.manual_seed(0)
     net = MLP(2, width=32, depth=2).double()
-    torch.nn.init.normal_(net.output[-1].weight)  # a non-trivial network
+    torch.nn.init.normal_(net.output.weight)  # a non-trivial network
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(64, 2, generator=g, dtype=torch.float64)
     loss = DSMLoss(sde, prediction="eps", weighting="sigma2", t_min=1e-3)

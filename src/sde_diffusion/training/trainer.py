@@ -175,7 +175,8 @@ class Trainer:
         if self.compile:
             self.train_model = torch.compile(self.train_model)
         self.ema = EMA(self.model, ema_decay, ema_warmup)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        fused = self.device.type in ("cpu", "cuda")  # one kernel per step instead of several per parameter
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused)
         self.batches = ShardedBatches(data, batch_size, self.seed, self.ctx.rank, self.ctx.world_size)
         self.generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.ctx.rank, 1))
         torch.manual_seed(derive_seed(self.seed, self.ctx.rank, 2))  # dropout draws from the global RNG
