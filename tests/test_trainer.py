@@ -209,3 +209,15 @@ def test_bad_arguments_fail_clearly(tmp_path):
     trainer.train(3)
     with pytest.raises(ValueError, match="already at step 3"):
         trainer.train(2)
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_and_checkpoints_the_plain_model(tmp_path):
+    """compile=True (meant for GPUs; ~100 s of compilation on a CPU): the compiled model trains, and checkpoints
+    hold the plain module's keys, so they load into an uncompiled trainer."""
+    trainer = small_trainer(tmp_path, compile=True, checkpoint_every=8)
+    history = trainer.train(8)
+    assert all(math.isfinite(r["loss"]) for r in history if "loss" in r)
+    state = load_checkpoint(tmp_path / "step_000000008.pt")
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
+    assert small_trainer(tmp_path, resume=True).step == 8

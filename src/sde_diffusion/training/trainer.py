@@ -180,7 +180,7 @@ class Trainer:
         self.batches = ShardedBatches(data, batch_size, self.seed, self.ctx.rank, self.ctx.world_size)
         self.generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.ctx.rank, 1))
         torch.manual_seed(derive_seed(self.seed, self.ctx.rank, 2))  # dropout draws from the global RNG
-        self.step, self.history = 0, []
+        self.step, self.history, self._saved_step = 0, [], None
 
         if self.checkpoint_dir is not None and list_checkpoints(self.checkpoint_dir):
             if not resume:
@@ -249,7 +249,7 @@ class Trainer:
                     self.evaluate()
                 if self.checkpoint_dir is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint()
-            if self.checkpoint_dir is not None and not (self.checkpoint_every and self.step % self.checkpoint_every == 0):
+            if self.checkpoint_dir is not None and self._saved_step != self.step:
                 self.save_checkpoint()
         finally:
             if bar is not None:
@@ -343,6 +343,7 @@ class Trainer:
             path = save_checkpoint(state, checkpoint_path(self.checkpoint_dir, self.step))
             prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         distributed.barrier(self.ctx)
+        self._saved_step = self.step
         return path
 
     def resume_from(self, path: str | Path) -> None:
@@ -375,3 +376,4 @@ class Trainer:
         if self.ctx.rank < len(rng):
             self._set_rng_state(rng[self.ctx.rank])
         self.step, self.history = int(state["step"]), list(state.get("history", []))
+        self._saved_step = self.step
