@@ -146,20 +146,10 @@ MIXTURES = {
 
 
 def distance_and_floor(data, x, repeats, seed=9):
-    """Mean sliced-W2 of x's chunks to fresh data, and the floor: a fresh data sample of the same size to the same
-    fresh data (paired, so the reference sample's own fluctuation cancels), on 128 fixed directions.
-
-    One sliced-W2 between n-samples fluctuates by 20-30% of its mean for any n, hence the averaging over chunks.
-    """
+    """Sliced-W2 (128 fixed directions) of x's chunks to fresh data, and the paired two-sample floor."""
     proj = metrics.random_projections(data.dim, 128, torch.Generator().manual_seed(8))
-    g = torch.Generator().manual_seed(seed)
-    n = len(x) // repeats
-    distance = floor = 0.0
-    for chunk in x.split(n)[:repeats]:
-        reference = data.sample(n, g)
-        distance += metrics.sliced_wasserstein(chunk, reference, proj) / repeats
-        floor += metrics.sliced_wasserstein(data.sample(n, g), reference, proj) / repeats
-    return distance, floor
+    sw = lambda a, b: metrics.sliced_wasserstein(a, b, proj)  # noqa: E731
+    return metrics.distance_and_floor(x, data.sample, sw, repeats, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.slow

@@ -86,24 +86,29 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] | None =
     return _pairwise_mean(x, x, kernel, True) + _pairwise_mean(y, y, kernel, True) - 2 * _pairwise_mean(x, y, kernel, False)
 
 
-def chunked_distance(
+def distance_and_floor(
     x: torch.Tensor,
     draw: Callable[[int, torch.Generator], torch.Tensor],
     metric: Callable[[torch.Tensor, torch.Tensor], float],
     repeats: int,
     generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
-    """Mean and standard error of `metric` between each of `repeats` equal chunks of x and a fresh draw of its size.
+    """`metric` from x to the reference law, and the floor an exact sampler reaches at the same sample size.
 
-    A sample distance between finite samples fluctuates by ~20-30% of its mean whatever the size (both shrink as
-    n^-1/2), so a solver is compared with the floor by averaging over repeats: compare the result with
-    `two_sample_floor(draw, len(x) // repeats, metric, repeats)`.
+    x is cut into `repeats` chunks of n = len(x) // repeats. Chunk i is compared with a fresh reference draw Y_i,
+    and so is a second fresh draw X_i of the same size: distance = mean_i metric(chunk_i, Y_i),
+    floor = mean_i metric(X_i, Y_i). Sharing Y_i cancels its fluctuation from the comparison, and averaging over
+    chunks is needed because one sample distance fluctuates by 20-30% of its mean whatever n is.
     """
     n = len(x) // repeats
     if n < 2:
         raise ValueError(f"{len(x)} samples cannot be split into {repeats} chunks of at least 2")
-    values = torch.tensor([metric(x[i * n : (i + 1) * n], draw(n, generator)) for i in range(repeats)], dtype=torch.float64)
-    return float(values.mean()), float(values.std() / repeats**0.5) if repeats > 1 else 0.0
+    distance = floor = 0.0
+    for chunk in x[: n * repeats].split(n):
+        reference = draw(n, generator)
+        distance += metric(chunk, reference) / repeats
+        floor += metric(draw(n, generator), reference) / repeats
+    return distance, floor
 
 
 def two_sample_floor(
