@@ -13,11 +13,10 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
-import inspect
 from typing import Callable
 
+from ..registry import build
 from .dataset import ArrayDataset
 from .digits import digits
 from .images import cifar10, image_folder, mnist, read_idx
@@ -40,15 +39,7 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> ArrayDataset:
     """The dataset `name` built with `options`; an unknown name or option fails with the valid choices."""
-    if name not in DATASETS:
-        hint = difflib.get_close_matches(str(name), DATASETS, n=1)
-        raise ValueError(f"unknown dataset {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" Known: {names()}")
-    factory = DATASETS[name]
-    accepted = [p for p in inspect.signature(factory).parameters if p not in ("name",)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {unknown}; its options are {accepted}")
-    return factory(**options)
+    return build("dataset", DATASETS, name, options)
 
 
 __all__ = [

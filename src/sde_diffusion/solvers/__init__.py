@@ -5,9 +5,7 @@ The registry is a constant table; a new solver is added by importing its class h
 
 from __future__ import annotations
 
-import difflib
-import inspect
-
+from ..registry import build
 from .base import NonFiniteError, SampleResult, Solver, StepContext
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
 from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
@@ -57,17 +55,7 @@ def get(name: str | Solver, **options) -> Solver:
         if options:
             raise ValueError(f"options {sorted(options)} given with an already-built solver {name!r}")
         return name
-    if name not in SOLVERS:
-        hint = difflib.get_close_matches(str(name), SOLVERS, n=1)
-        raise ValueError(
-            f"unknown solver {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" Known solvers: {names()}"
-        )
-    cls = SOLVERS[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"solver {name!r} has no option(s) {unknown}; its options are {accepted or 'none'}")
-    return cls(**options)
+    return build("solver", SOLVERS, name, options)
 
 
 __all__ = [

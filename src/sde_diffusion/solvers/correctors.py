@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..registry import build
 from ..tensors import append_dims
 from .base import Solver, StepContext, gaussian_noise
 
@@ -90,9 +91,7 @@ class PredictorCorrector(Solver):
 
         self.predictor = get(predictor) if isinstance(predictor, str) else predictor
         if isinstance(corrector, str):
-            if corrector not in CORRECTORS:
-                raise ValueError(f"unknown corrector {corrector!r}; choose one of {sorted(CORRECTORS)}")
-            corrector = CORRECTORS[corrector](snr=snr, steps=corrector_steps)
+            corrector = build("corrector", CORRECTORS, corrector, dict(snr=snr, steps=corrector_steps))
         self.corrector = corrector
         self.probability_flow = self.predictor.probability_flow
         self.order = self.predictor.order

@@ -7,11 +7,11 @@ uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-S
 
 from __future__ import annotations
 
-import difflib
 from typing import Sequence
 
 import torch
 
+from ..registry import build
 from ..sde import SDE, LinearSDE
 
 
@@ -121,10 +121,5 @@ def get_grid(grid: str | TimeGrid | Sequence[float] | torch.Tensor, **options) -
     if isinstance(grid, TimeGrid):
         return grid
     if isinstance(grid, str):
-        if grid not in GRIDS:
-            hint = difflib.get_close_matches(grid, GRIDS, n=1)
-            raise ValueError(
-                f"unknown time grid {grid!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" Known: {sorted(GRIDS)}"
-            )
-        return GRIDS[grid](**options)
+        return build("time grid", GRIDS, grid, options)
     return GivenGrid(grid)
