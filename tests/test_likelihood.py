@@ -131,11 +131,13 @@ class _HeunEulerAdaptive(Solver):
 
     name = "heun_euler_test"
     probability_flow = True
+    adaptive = True
 
     def __init__(self, rtol: float = 1e-6, atol: float = 1e-6):
         self.rtol, self.atol = rtol, atol
 
-    def integrate(self, term, y, t0, t1):
+    def integrate(self, term, y, times, generator=None, **_):
+        t0, t1 = float(times[0]), float(times[-1])
         control = StepController(self.rtol, self.atol)
         t, h, accepted = torch.tensor(t0, dtype=y.dtype), torch.tensor((t1 - t0) / 100, dtype=y.dtype), 0
         k1 = term.drift(y, t)

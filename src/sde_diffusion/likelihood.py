@@ -44,10 +44,10 @@ solve that checks the score is differentiable in x). The network must be differe
 in training mode): the trace sums per-sample gradients over the batch.
 
 Solvers. `method` is a scipy `solve_ivp` method (RK45, RK23, DOP853, Radau, BDF, LSODA; adaptive, with `rtol`,
-`atol`), or a torch ODE solver of the framework, by name or instance. A fixed-step solver (euler, heun, rk4, or
-any `Solver` whose `step` only calls `term.drift`) walks `steps` steps of a time grid, run from eps up to T. A
-solver that chooses its own steps plugs in by offering `integrate(term, z0, t0, t1) -> SampleResult`, which
-integrates `term.drift` from t0 to t1 (in either direction): `LikelihoodODE` is such a term.
+`atol`), or a torch ODE solver of the framework, by name or instance. Every solver integrates a term through
+`Solver.integrate(term, z0, times)`, here with `LikelihoodODE` as the term and times running from eps up to T:
+a fixed-step solver (euler, heun, rk4, or any `Solver` whose `step` only calls `term.drift`) walks `steps` steps
+of a time grid; an adaptive one (`adaptive = True`: scipy, or a torch embedded pair) uses only the endpoints.
 """
 
 from __future__ import annotations
@@ -56,15 +56,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 
 from .reverse import ReverseSDE
 from .sampling import as_score_model
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
-from .solvers import ScipyODE, Solver, StepContext, get, get_grid
-from .solvers.base import NonFiniteError, check_finite
+from .solvers import ScipyODE, Solver, get, get_grid
 from .solvers.grids import TimeGrid
 from .tensors import sum_except_batch
 
@@ -222,7 +220,7 @@ class LikelihoodODE:
         raise TypeError(
             "this solver reads the SDE's coefficients itself (an exponential integrator?); the likelihood ODE "
             "carries the divergence in an augmented state, which only generic ODE solvers (euler, heun, rk4, a "
-            "scipy method, or an adaptive solver with integrate()) can integrate"
+            "scipy method, or an adaptive torch solver) can integrate"
         )
 
     score = sde
@@ -232,35 +230,6 @@ class LikelihoodODE:
 
 
 # -- integration from eps up to T ------------------------------------------------------------------------------------
-def _integrate_scipy(term: LikelihoodODE, z0: torch.Tensor, t0: float, t1: float, method: str, rtol: float, atol: float):
-    from scipy.integrate import solve_ivp
-
-    shape, dtype, device = z0.shape, z0.dtype, z0.device
-
-    def rhs(t, y):
-        z = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-        return term.drift(z, torch.tensor(t, dtype=dtype, device=device)).cpu().numpy().reshape(-1).astype(np.float64)
-
-    y0 = z0.detach().cpu().numpy().reshape(-1).astype(np.float64)
-    sol = solve_ivp(rhs, (t0, t1), y0, method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise NonFiniteError(f"scipy {method} failed between t = {t0:g} and {t1:g}: {sol.message}")
-    z1 = torch.as_tensor(sol.y[:, -1], dtype=dtype, device=device).reshape(shape)
-    if not torch.isfinite(z1).all():
-        raise NonFiniteError(f"scipy {method}: NaN or inf in the likelihood ODE's state at t = {t1:g}")
-    return z1, {"method": method, "rtol": rtol, "atol": atol, "scipy_nfev": int(sol.nfev), "steps": len(sol.t) - 1}
-
-
-def _integrate_fixed(term: LikelihoodODE, z0: torch.Tensor, times: torch.Tensor, solver: Solver):
-    context = StepContext(0, times)
-    z = z0
-    for i in range(len(times) - 1):
-        context.index = i
-        z = solver.step(term, z, times[i], times[i + 1], context, None)
-        check_finite(z, solver, i, len(times) - 1, times[i], times[i + 1])
-    return z, {"method": solver.name or type(solver).__name__, "steps": len(times) - 1}
-
-
 def _likelihood_times(sde: SDE, grid: str | TimeGrid | None, steps: int, eps: float) -> torch.Tensor:
     """The framework's grids run from T down to t_min; the likelihood walks them the other way, eps up to T."""
     if grid is None:
@@ -271,40 +240,28 @@ def _likelihood_times(sde: SDE, grid: str | TimeGrid | None, steps: int, eps: fl
     return times
 
 
-def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None, steps: int | None):
-    """('scipy', name, rtol, atol) or ('solver', Solver): one place that reads the method options."""
+def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None, steps: int | None) -> Solver:
+    """The ODE solver named by `method` (a scipy method name, a solver name, or a Solver), checked for use here."""
     if isinstance(method, str) and method in SCIPY_METHODS:
-        if steps is not None:
-            raise ValueError(f"steps applies to fixed-step torch solvers; scipy's {method} chooses its own (set rtol/atol)")
         rtol, atol = 1e-5 if rtol is None else rtol, 1e-5 if atol is None else atol
-        if not (rtol > 0 and atol > 0):
-            raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}")
-        return "scipy", method, float(rtol), float(atol)
-    tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
-    if isinstance(method, Solver):
-        if tolerances:
+        solver = ScipyODE(method, rtol, atol)
+    elif isinstance(method, Solver):
+        if rtol is not None or atol is not None:
             raise ValueError(f"rtol/atol go to the solver's constructor, not with an already-built solver {method!r}")
         solver = method
     elif isinstance(method, str):
+        tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
         try:
             solver = get(method, **tolerances)
         except ValueError as e:
             raise ValueError(f"{e}. For scipy's adaptive solvers use method in {SCIPY_METHODS}") from None
     else:
         raise TypeError(f"method must be a scipy method name, a solver name or a Solver; got {type(method).__name__}")
-    if isinstance(solver, ScipyODE):
-        return _resolve_method(solver.method, solver.rtol, solver.atol, steps)
     if solver.stochastic or not solver.probability_flow:
         raise ValueError(f"the likelihood needs an ODE solver of the probability flow; {solver!r} is not one")
-    adaptive = callable(getattr(solver, "integrate", None))
-    if not adaptive and type(solver).step is Solver.step:
-        raise ValueError(
-            f"{solver!r} neither steps a given term (step) nor integrates one (integrate); "
-            f"use a scipy method {SCIPY_METHODS} or a Runge-Kutta solver such as rk4"
-        )
-    if adaptive and steps is not None:
-        raise ValueError(f"steps applies to fixed-step solvers; {solver!r} chooses its own")
-    return ("adaptive" if adaptive else "fixed"), solver
+    if solver.adaptive and steps is not None:
+        raise ValueError(f"steps applies to fixed-step solvers; {solver!r} chooses its own (set rtol/atol)")
+    return solver
 
 
 # -- input checks -----------------------------------------------------------------------------------------------------
@@ -363,22 +320,21 @@ def log_prob(
         raise ValueError(f"unknown probe {probe!r}; choose one of {PROBES}")
     if not (isinstance(n_probes, int) and n_probes >= 1):
         raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
-    route = _resolve_method(method, rtol, atol, steps)
+    solver = _resolve_method(method, rtol, atol, steps)
 
     probes = draw_probes(probe, n_probes, x0, generator) if divergence == "hutchinson" else None
     term = LikelihoodODE(ReverseSDE(sde, model, probability_flow=True), x0.shape[1:], divergence, probes)
     z0 = term.pack(x0.detach())
     nfe_start = model.nfe
-    if route[0] == "scipy":
-        z1, stats = _integrate_scipy(term, z0, float(eps), float(sde.T), *route[1:])
-    elif route[0] == "fixed":
-        solver = route[1]
-        times = _likelihood_times(sde, grid, solver.default_steps if steps is None else steps, float(eps))
-        z1, stats = _integrate_fixed(term, z0, times.to(dtype=x0.dtype, device=x0.device), solver)
+    if solver.adaptive:
+        times = torch.tensor([float(eps), float(sde.T)], dtype=x0.dtype, device=x0.device)
     else:
-        solver = route[1]
-        out = solver.integrate(term, z0, float(eps), float(sde.T))
-        z1, stats = out.x, {"method": solver.name or type(solver).__name__, **out.stats}
+        times = _likelihood_times(sde, grid, solver.default_steps if steps is None else steps, float(eps))
+    out = solver.integrate(term, z0, times.to(dtype=x0.dtype, device=x0.device))
+    z1 = out.x
+    stats = {"method": getattr(solver, "method", solver.name or type(solver).__name__), "steps": len(out.times) - 1, **out.stats}
+    if isinstance(solver, ScipyODE):
+        stats.update(rtol=solver.rtol, atol=solver.atol)
     nfe = model.nfe - nfe_start
 
     x_T, delta = term.unpack(z1)

@@ -1,9 +1,10 @@
 """The solver interface.
 
 A solver integrates the reverse SDE (or its probability flow) of a score model from `x_T` along a decreasing
-time grid. Fixed-grid solvers write one `step`; the shared loop in `Solver.solve` walks the grid, checks every
-step for NaN/inf and keeps the trajectory. Adaptive solvers, which choose their own times, override `solve`.
-NFE is always read off the `ScoreModel` wrapper.
+time grid. Fixed-grid solvers write one `step`; the shared loop in `Solver.integrate` walks the grid with any
+term (drift and diffusion), checks every step for NaN/inf and keeps the trajectory; `Solver.solve` builds the
+term from a score model and reads the NFE off its wrapper. Adaptive solvers, which choose their own times,
+override `integrate`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Solver:
     probability_flow: ClassVar[bool] = False
     default_grid: ClassVar[str | None] = None  # None: the SDE's own default_grid
     default_steps: ClassVar[int] = 100
+    adaptive: ClassVar[bool] = False  # chooses its own steps between the grid's endpoints
 
     def step(
         self,
@@ -84,11 +86,28 @@ class Solver:
         keep_trajectory: bool = False,
         progress: bool = False,
     ) -> SampleResult:
-        """Walk the grid `times` (decreasing, first entry the start time of `x_T`)."""
+        """Integrate the reverse SDE (or probability flow) of `score` along `times`; NFE read off the wrapper."""
         term = ReverseSDE(score.sde, score, probability_flow=self.probability_flow)
-        context = StepContext(0, times)
         nfe_start = score.nfe
-        x, trajectory = x_T, [x_T] if keep_trajectory else None
+        result = self.integrate(term, x_T, times, generator, keep_trajectory=keep_trajectory, progress=progress)
+        result.nfe = score.nfe - nfe_start
+        return result
+
+    def integrate(
+        self,
+        term,
+        x: torch.Tensor,
+        times: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        keep_trajectory: bool = False,
+        progress: bool = False,
+    ) -> SampleResult:
+        """Walk the grid `times` (its first entry the time of `x`) with any term that has `drift(x, t)` and
+        `diffusion(t)`: a ReverseSDE, its probability flow, or an augmented ODE such as the likelihood's.
+        Adaptive solvers use only the endpoints. `nfe` is left at 0: `solve` fills in what the wrapper counted."""
+        context = StepContext(0, times)
+        trajectory = [x] if keep_trajectory else None
         steps = range(len(times) - 1)
         if progress:
             from tqdm.auto import tqdm
@@ -100,7 +119,7 @@ class Solver:
             check_finite(x, self, i, len(times) - 1, times[i], times[i + 1])
             if keep_trajectory:
                 trajectory.append(x)
-        return SampleResult(x, score.nfe - nfe_start, times, trajectory)
+        return SampleResult(x, 0, times, trajectory)
 
     def options(self) -> dict[str, Any]:
         """The solver's options, as given to its constructor (for logs and configs)."""

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from .base import SampleResult, Solver, check_finite, NonFiniteError
-from ..reverse import ReverseSDE
 
 
 class Euler(Solver):
@@ -63,6 +62,7 @@ class ScipyODE(Solver):
     name = "scipy"
     order = 5
     probability_flow = True
+    adaptive = True
 
     def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA"):
@@ -71,22 +71,21 @@ class ScipyODE(Solver):
             raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}")
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
 
-    def solve(self, score, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
+    def integrate(self, term, x, times, generator=None, *, keep_trajectory=False, progress=False):
         from scipy.integrate import solve_ivp
 
-        term = ReverseSDE(score.sde, score, probability_flow=True)
-        shape, dtype, device = x_T.shape, x_T.dtype, x_T.device
-        nfe_start = score.nfe
+        shape, dtype, device = x.shape, x.dtype, x.device
 
         def rhs(t, y):
-            x = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-            dx = term.drift(x, torch.tensor(t, dtype=dtype, device=device))
+            state = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
+            dx = term.drift(state, torch.tensor(t, dtype=dtype, device=device))
             if not torch.isfinite(dx).all():
-                raise NonFiniteError(f"scipy {self.method}: the probability-flow drift is NaN or inf at t = {t:.6g}")
+                raise NonFiniteError(f"scipy {self.method}: the drift is NaN or inf at t = {t:.6g}")
             return dx.detach().cpu().numpy().reshape(-1).astype(np.float64)
 
         t0, t1 = float(times[0]), float(times[-1])
-        sol = solve_ivp(rhs, (t0, t1), x_T.detach().cpu().numpy().reshape(-1).astype(np.float64), method=self.method, rtol=self.rtol, atol=self.atol)
+        y0 = x.detach().cpu().numpy().reshape(-1).astype(np.float64)
+        sol = solve_ivp(rhs, (t0, t1), y0, method=self.method, rtol=self.rtol, atol=self.atol)
         if not sol.success:
             raise RuntimeError(f"scipy {self.method} failed between t = {t0:g} and {t1:g}: {sol.message}")
         x = torch.as_tensor(sol.y[:, -1], dtype=dtype, device=device).reshape(shape)
@@ -95,4 +94,4 @@ class ScipyODE(Solver):
         if keep_trajectory:
             trajectory = [torch.as_tensor(y, dtype=dtype, device=device).reshape(shape) for y in sol.y.T]
         stats = {"scipy_nfev": int(sol.nfev), "accepted_steps": len(sol.t) - 1}
-        return SampleResult(x, score.nfe - nfe_start, torch.as_tensor(sol.t), trajectory, stats)
+        return SampleResult(x, 0, torch.as_tensor(sol.t), trajectory, stats)

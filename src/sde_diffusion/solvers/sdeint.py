@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from ..reverse import ReverseSDE
 from .base import SampleResult, Solver, check_finite
 
 STRATONOVICH_ONLY = ("reversible_heun", "heun", "midpoint", "euler_heun")
@@ -26,7 +25,7 @@ METHODS = ("euler", "milstein", "srk") + STRATONOVICH_ONLY
 class _TimeChanged(torch.nn.Module):
     noise_type = "diagonal"
 
-    def __init__(self, term: ReverseSDE, shape: torch.Size, times: torch.Tensor, sde_type: str):
+    def __init__(self, term, shape: torch.Size, times: torch.Tensor, sde_type: str):
         super().__init__()
         self.term, self.shape, self.sde_type = term, shape, sde_type
         self.times, self.dt_ds = times, times[1:] - times[:-1]
@@ -59,10 +58,9 @@ class TorchSDE(Solver):
             raise ValueError(f"unknown torchsde method {method!r}; choose one of {METHODS}")
         self.method = method
 
-    def solve(self, score, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
+    def integrate(self, term, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
         import torchsde
 
-        term = ReverseSDE(score.sde, score)
         sde_type = "stratonovich" if self.method in STRATONOVICH_ONLY else "ito"
         system = _TimeChanged(term, x_T.shape, times, sde_type)
         y0 = x_T.reshape(len(x_T), -1)
@@ -76,9 +74,8 @@ class TorchSDE(Solver):
             t0=0.0, t1=float(n_steps), size=y0.shape, dtype=x_T.dtype, device=x_T.device, entropy=entropy,
             levy_area_approximation="space-time" if self.method == "srk" else "none",
         )
-        nfe_start = score.nfe
         ys = torchsde.sdeint(system, y0, ts, bm=bm, method=self.method, dt=1.0)
         x = ys[-1].reshape(x_T.shape)
         check_finite(x, self, len(times) - 2, len(times) - 1, times[-2], times[-1])
         trajectory = [y.reshape(x_T.shape) for y in ys] if keep_trajectory else None
-        return SampleResult(x, score.nfe - nfe_start, times, trajectory)
+        return SampleResult(x, 0, times, trajectory)
