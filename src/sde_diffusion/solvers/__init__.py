@@ -9,7 +9,9 @@ import difflib
 import inspect
 
 from .base import NonFiniteError, SampleResult, Solver, StepContext
+from .adaptive import AdaptiveSDE, Bosh3, Dopri5, StepSizeError
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
+from .edm import LMS, EDMHeun
 from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
 from .ode import RK4, Euler, Heun, ScipyODE
 from .sdeint import TorchSDE
@@ -27,6 +29,11 @@ SOLVERS: dict[str, type[Solver]] = {
         RK4,
         ScipyODE,
         TorchSDE,
+        EDMHeun,
+        LMS,
+        Bosh3,
+        Dopri5,
+        AdaptiveSDE,
     )
 }
 
