@@ -9,13 +9,14 @@ Score-Based Models": Euler-Maruyama against stochastic improved Euler on the sam
 Each adaptive solver uses only the first and last entries of the time grid it is given, and reports what it did in
 `SampleResult.stats`: accepted and rejected steps, attempts, and the NFE the score model's wrapper counted.
 
-NFE budget (`max_nfe`). A hard cap on the function evaluations of one solve, as an alternative to tight
-tolerances: the solver steps adaptively while the evaluations needed to finish at its current step sizes (plus
-one spare attempt for a rejection) fit in what is left; once they do not, it finishes the interval with as many
-equal fixed steps as the remaining budget pays for, without error control, and records `budget_exhausted=True`
-and `fixed_steps` in the stats. The NFE spent never exceeds `max_nfe`; a budget too small to start and take one
-step raises a ValueError before any evaluation. Without `max_nfe` a run that needs more than `max_steps`
-attempts, or whose step size underflows, raises `StepSizeError` naming the time where it stalled.
+NFE budget (`max_nfe`). A hard cap on the function evaluations of one solve, as an alternative to choosing
+tolerances: the solver steps adaptively while the evaluations it needs to finish (extrapolating its step sizes at
+their current growth rate, plus one spare attempt for a rejection) fit in what is left; once they do not, it
+covers the rest of the interval with as many equal fixed steps as the remaining budget pays for, without error
+control, and records `budget_exhausted=True` and `fixed_steps` in the stats. The NFE spent never exceeds
+`max_nfe`; a budget too small to start and take one step raises a ValueError before any evaluation. A budget
+that is not binding changes nothing. Without `max_nfe`, a run that needs more than `max_steps` attempts, or
+whose step size underflows, raises `StepSizeError` naming the time where it stalled.
 """
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ def _fraction(h_init, name="h_init") -> float | None:
     return float(h_init)
 
 
+def _steps_to_finish(remaining: torch.Tensor, h: torch.Tensor, growth: torch.Tensor) -> int:
+    """Steps to cover `remaining` if step sizes keep growing by `growth` per step from h (the current trend; 1 after
+    a rejection): ceil(log(1 + remaining (g - 1) / h) / log g), or ceil(remaining / h) for g = 1. Largest over samples."""
+    g = growth.clamp(min=1.0)
+    geometric = torch.log1p(remaining * (g - 1) / h) / torch.log(g).clamp(min=1e-12)
+    return int(torch.ceil(torch.where(g > 1 + 1e-6, geometric, remaining / h)).max())
+
+
 def _check_underflow(solver: Solver, h: torch.Tensor, s: torch.Tensor, s_end: float, time_of, dtype: torch.dtype) -> None:
     """Raise StepSizeError when a step has shrunk below what the integration variable can resolve in `dtype`."""
     small = h < 64 * torch.finfo(dtype).eps * torch.clamp(s.abs(), min=abs(s_end))
@@ -268,13 +277,14 @@ class EmbeddedRungeKutta(Solver):
         accepted, rejected = torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, dtype=torch.long, device=device)
         sample_evaluations = torch.full_like(accepted, spent())
         just_rejected = torch.zeros(batch, dtype=torch.bool, device=device)
+        growth = torch.full((batch,), float(self.factor_max), dtype=torch.float64, device=device)
         keep_steps = keep_trajectory and not self.per_sample
         trajectory, visited = [x_T], [t_start]
         attempts, fixed_steps, bar = 0, 0, _progress_bar(progress, self.name)
         while (active := s != end).any():
             idx = active.nonzero()[:, 0]
             remaining = (end[idx] - s[idx]).abs()
-            if self.max_nfe is not None and spent() + (int(torch.ceil(remaining / h[idx]).max()) + 1) * per_step > self.max_nfe:
+            if self.max_nfe is not None and spent() + (_steps_to_finish(remaining, h[idx], growth[idx]) + 1) * per_step > self.max_nfe:
                 fixed_steps = (self.max_nfe - spent() + 1) // per_step
                 y[idx] = self._finish_fixed(flow, y[idx], s[idx], end[idx], k1[idx], fixed_steps, attempts)
                 sample_evaluations[idx] += fixed_steps * per_step - 1
@@ -297,6 +307,7 @@ class EmbeddedRungeKutta(Solver):
             # Hairer, Norsett & Wanner (II.4): no growth on the step right after a rejection.
             h[idx] = torch.where(ok & just_rejected[idx], torch.minimum(h_next, step), h_next)
             just_rejected[idx] = ~ok
+            growth[idx] = h[idx] / step
             good = idx[ok]
             y[good], k1[good] = y_new[ok], k_new[ok]
             s[good] = torch.where(last[ok], end[good], s[good] + direction * step[ok])
@@ -394,6 +405,54 @@ class _PaperScaleController(StepController):
         return ratio if self.per_sample else ratio[0]
 
 
+class BrownianMemory:
+    """The future Brownian path of each sample, kept across rejected steps: rejection sampling with memory
+    (Rackauckas & Nie 2017, RSwM), so that the noise a step is judged on is never thrown away and redrawn.
+
+    A rejected increment (dt, dW) is pushed back on its sample's stack; `take(h)` consumes the stack from the top
+    (the nearest future first), splits a segment longer than what is still needed by the Brownian bridge,
+    W(u) | W(dt) = dW ~ N(u / dt dW, u (dt - u) / dt I), and draws fresh N(0, h_rest I) beyond the stack.
+    The stacks are one padded tensor (batch, depth, ...) with a depth per sample.
+    """
+
+    def __init__(self, like: torch.Tensor):
+        batch = len(like)
+        self.dt = torch.zeros(batch, 0, dtype=torch.float64, device=like.device)
+        self.dW = torch.zeros(batch, 0, *like.shape[1:], dtype=like.dtype, device=like.device)
+        self.depth = torch.zeros(batch, dtype=torch.long, device=like.device)
+
+    def put_back(self, idx: torch.Tensor, dt: torch.Tensor, dW: torch.Tensor) -> None:
+        if int(self.depth[idx].max()) == self.dt.shape[1]:
+            self.dt = torch.cat([self.dt, self.dt.new_zeros((len(self.dt), 1))], 1)
+            self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), 1) + self.dW.shape[2:])], 1)
+        pos = self.depth[idx]
+        self.dt[idx, pos], self.dW[idx, pos] = dt, dW
+        self.depth[idx] += 1
+
+    def take(self, idx: torch.Tensor, h: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The Brownian increments over the next h (per sample) of the samples idx."""
+        need, depth = h.clone(), self.depth[idx]
+        total = torch.zeros((len(idx),) + self.dW.shape[2:], dtype=self.dW.dtype, device=self.dW.device)
+        while (using := (depth > 0) & (need > 0)).any():
+            pos = (depth - 1).clamp(min=0)
+            seg_dt = torch.where(using, self.dt[idx, pos], torch.zeros_like(need))
+            seg_dW = self.dW[idx, pos]
+            use = torch.minimum(seg_dt, need)
+            left = torch.where(seg_dt - use > 1e-10 * seg_dt, seg_dt - use, torch.zeros_like(use))
+            whole = using & (left == 0)
+            safe_dt = torch.where(using, seg_dt, torch.ones_like(seg_dt))
+            bridge = append_dims((use / safe_dt).to(seg_dW.dtype), seg_dW.ndim) * seg_dW
+            bridge = bridge + append_dims((use * left / safe_dt).sqrt().to(seg_dW.dtype), seg_dW.ndim) * gaussian_noise(seg_dW, generator)
+            part = torch.where(append_dims(whole, seg_dW.ndim), seg_dW, torch.where(append_dims(using, seg_dW.ndim), bridge, 0))
+            total = total + part
+            self.dt[idx, pos] = torch.where(using, left, self.dt[idx, pos])
+            self.dW[idx, pos] = seg_dW - part
+            need = torch.where(whole, (need - seg_dt).clamp(min=0), torch.where(using, torch.zeros_like(need), need))
+            depth = depth - whole.long()
+        self.depth[idx] = depth
+        return total + append_dims(need.to(total.dtype).sqrt(), total.ndim) * gaussian_noise(total, generator)
+
+
 class AdaptiveSDE(Solver):
     """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. (2021), Algorithm 1.
 
@@ -428,12 +487,13 @@ class AdaptiveSDE(Solver):
         rtol: float = 1e-2,
         atol: float = 0.0078,
         *,
-        per_sample: bool = True,
+        per_sample: bool = False,
         norm: str = "rms",
         safety: float = 0.9,
         exponent: float = 0.9,
         h_init: float = 0.01,
         extrapolation: bool = True,
+        brownian_memory: bool = True,
         factor_min: float = 0.1,
         factor_max: float = 10.0,
         denoise: bool = False,
@@ -446,17 +506,17 @@ class AdaptiveSDE(Solver):
         _PaperScaleController(rtol, atol, safety, factor_min, factor_max, norm, per_sample, exponent)  # validates
         self.rtol, self.atol, self.per_sample, self.norm = float(rtol), float(atol), bool(per_sample), norm
         self.safety, self.exponent, self.h_init = float(safety), float(exponent), _fraction(h_init)
-        self.extrapolation, self.factor_min, self.factor_max = bool(extrapolation), factor_min, factor_max
+        self.extrapolation, self.brownian_memory = bool(extrapolation), bool(brownian_memory)
+        self.factor_min, self.factor_max = factor_min, factor_max
         self.denoise, self.max_nfe, self.max_steps = bool(denoise), max_nfe, max_steps
 
-    def _improved_euler(self, term, x, t, h, drift, generator):
-        """(x', x''): the Euler-Maruyama and stochastic improved Euler points of one step on the same noise."""
+    def _improved_euler(self, term, x, t, h, drift, dW):
+        """(x', x''): the Euler-Maruyama and stochastic improved Euler points of one step on the same increment dW."""
         hx = append_dims(h.to(x.dtype), x.ndim)
-        noise = hx.sqrt() * gaussian_noise(x, generator)
-        k1 = -hx * drift + append_dims(term.diffusion(t), x.ndim) * noise
+        k1 = -hx * drift + append_dims(term.diffusion(t), x.ndim) * dW
         x_euler = x + k1
         t_next = (t - h).to(x.dtype)
-        k2 = -hx * term.drift(x_euler, t_next) + append_dims(term.diffusion(t_next), x.ndim) * noise
+        k2 = -hx * term.drift(x_euler, t_next) + append_dims(term.diffusion(t_next), x.ndim) * dW
         return x_euler, x + 0.5 * (k1 + k2)
 
     def solve(self, score, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
@@ -472,20 +532,24 @@ class AdaptiveSDE(Solver):
         t = torch.full((batch,), t_start, dtype=torch.float64, device=device)
         h = torch.full_like(t, self.h_init * span)
         x, x_prev = x_T.clone(), x_T.clone()
+        memory = BrownianMemory(x_T) if self.brownian_memory else None
+        increments = lambda i, h: memory.take(i, h, generator) if memory else (  # noqa: E731
+            append_dims(h.to(x.dtype).sqrt(), x.ndim) * gaussian_noise(x[i], generator))
         drift = torch.empty_like(x_T)
         fresh = torch.zeros(batch, dtype=torch.bool, device=device)  # drift[i] holds F(x_i, t_i)
         accepted = torch.zeros(batch, dtype=torch.long, device=device)
         rejected = torch.zeros_like(accepted)
         sample_evaluations = torch.zeros_like(accepted)
+        growth = torch.full_like(t, float(self.factor_max))
         attempts, fixed_steps, bar = 0, 0, _progress_bar(progress, self.name)
         while (active := t != t_end).any():
             idx = active.nonzero()[:, 0]
             remaining = t[idx] - t_end
             if self.max_nfe is not None:
-                steps_left = int(torch.ceil(remaining / h[idx]).max())
+                steps_left = _steps_to_finish(remaining, h[idx], growth[idx])
                 if score.nfe - nfe_start + 2 * (steps_left + 1) + reserve > self.max_nfe:
                     fixed_steps = (self.max_nfe - reserve - (score.nfe - nfe_start)) // 2
-                    x[idx] = self._finish_fixed(term, x[idx], t[idx], remaining, fixed_steps, generator, attempts)
+                    x[idx] = self._finish_fixed(term, x[idx], t[idx], remaining, fixed_steps, lambda h: increments(idx, h), attempts)
                     sample_evaluations[idx] += 2 * fixed_steps
                     t[idx] = t_end
                     break
@@ -502,12 +566,15 @@ class AdaptiveSDE(Solver):
             last = h[idx] >= remaining
             step = torch.where(last, remaining, h[idx])
             x_old = x[idx]
-            x_euler, x_heun = self._improved_euler(term, x_old, t[idx], step, drift[idx], generator)
+            dW = increments(idx, step)
+            x_euler, x_heun = self._improved_euler(term, x_old, t[idx], step, drift[idx], dW)
             attempts += 1
             sample_evaluations[idx] += 1
             check_finite(x_heun, self, attempts - 1, "an adaptive run", float(t[idx[0]]), float(t[idx[0]] - step[0]))
             ratio = controller.error_ratio(x_euler - x_heun, x_euler, x_prev[idx]).to(torch.float64).expand(len(idx))
             ok, h_next = controller.propose(step, ratio, 1.0)
+            if memory is not None and not ok.all():
+                memory.put_back(idx[~ok], step[~ok], dW[~ok])
             good = idx[ok]
             x[good] = (x_heun if self.extrapolation else x_euler)[ok]
             x_prev[good] = x_euler[ok]
@@ -515,7 +582,7 @@ class AdaptiveSDE(Solver):
             fresh[good] = False
             accepted[good] += 1
             rejected[idx[~ok]] += 1
-            h[idx] = h_next
+            h[idx], growth[idx] = h_next, h_next / step
             _check_underflow(self, h_next[~ok], t[idx[~ok]], t_end, lambda s: s, x_T.dtype)
             bar(1 - float((t - t_end).max()) / span)
         bar(None)
@@ -525,12 +592,12 @@ class AdaptiveSDE(Solver):
         stats = _stats(accepted, rejected, attempts, nfe, sample_evaluations, self.per_sample, fixed_steps)
         return SampleResult(x, nfe, torch.tensor([t_start, t_end], dtype=torch.float64), [x_T, x] if keep_trajectory else None, stats)
 
-    def _finish_fixed(self, term, x, t, remaining, n_steps, generator, attempts):
+    def _finish_fixed(self, term, x, t, remaining, n_steps, increments, attempts):
         """`n_steps` equal stochastic improved Euler steps to t_end, no error control (budget mode)."""
         h = remaining / n_steps
         for i in range(n_steps):
             drift = term.drift(x, t.to(x.dtype))
-            x_euler, x_heun = self._improved_euler(term, x, t, h, drift, generator)
+            x_euler, x_heun = self._improved_euler(term, x, t, h, drift, increments(h))
             x = x_heun if self.extrapolation else x_euler
             check_finite(x, self, attempts + i, "an adaptive run", float(t[0]), float(t[0] - h[0]))
             t = t - h
