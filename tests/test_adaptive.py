@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.metrics import random_projections, sliced_wasserstein, two_sample_floor
+from sde_diffusion.metrics import random_projections, sliced_wasserstein
 from sde_diffusion.solvers import StepSizeError
 from sde_diffusion.solvers.adaptive import BrownianMemory
 from tests.helpers import assert_moments, rms
@@ -90,13 +90,13 @@ def test_per_sample_steps_are_each_samples_own_solve(solver):
 @pytest.mark.parametrize("solver", ODE_SOLVERS)
 def test_an_nfe_budget_is_never_exceeded(solver):
     sde, model, x_T, t_min, ref = problem("mixture", "ve")
-    free = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-9, atol=1e-9)
+    free = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-8, atol=1e-8)
     budget = free.nfe // 3
-    capped = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-9, atol=1e-9, max_nfe=budget)
+    capped = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-8, atol=1e-8, max_nfe=budget)
     assert budget - 6 < capped.nfe <= budget
     assert capped.stats["budget_exhausted"] and capped.stats["fixed_steps"] >= 1
     assert torch.isfinite(capped.x).all() and rms(capped.x, ref) < 1e-3  # a sensible solution, without error control
-    generous = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-9, atol=1e-9, max_nfe=10 * free.nfe)
+    generous = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-8, atol=1e-8, max_nfe=10 * free.nfe)
     assert not generous.stats["budget_exhausted"] and generous.nfe == free.nfe
     torch.testing.assert_close(generous.x, free.x, rtol=0, atol=0)
     with pytest.raises(ValueError, match="max_nfe"):
@@ -190,15 +190,20 @@ def test_redrawing_rejected_noise_biases_low_dimensional_samples():
 
 @pytest.mark.parametrize("sde_name", ["vp", pytest.param("ve", marks=pytest.mark.slow), pytest.param("ou", marks=pytest.mark.slow)])
 def test_adaptive_sde_reaches_the_two_sample_floor_on_a_mixture(sde_name):
+    # A sliced W2 between finite samples fluctuates by ~25% of its mean at any size, so the solver's sample is cut
+    # into chunks, each compared with a fresh draw of the exact law at t_min, and the mean is compared with the mean
+    # of as many two-sample floors: within 3 standard errors of the difference.
     sde, mixture = SDES[sde_name](), DATA["mixture"]()
-    n = 4000
+    chunks, n = 16, 1000
     law = mixture.marginal(sde, sde.default_t_min)
     directions = random_projections(2, 128, torch.Generator().manual_seed(1))
-    metric = lambda a, b: sliced_wasserstein(a, b, directions)  # noqa: E731
-    floor, spread = two_sample_floor(lambda k, g: law.sample(k, g), n, metric, repeats=10, generator=torch.Generator().manual_seed(2))
-    result = sd.sample(sde, mixture.score_model(sde), "adaptive_sde", shape=(n, 2), dtype=torch.float64,
+    g = torch.Generator().manual_seed(2)
+    result = sd.sample(sde, mixture.score_model(sde), "adaptive_sde", shape=(chunks * n, 2), dtype=torch.float64,
                        generator=torch.Generator().manual_seed(3))
-    assert metric(result.x, law.sample(n, torch.Generator().manual_seed(4))) < floor + 4 * spread
+    solver = torch.tensor([sliced_wasserstein(x, law.sample(n, g), directions) for x in result.x.split(n)])
+    floor = torch.tensor([sliced_wasserstein(law.sample(n, g), law.sample(n, g), directions) for _ in range(chunks)])
+    standard_error = ((solver.var() + floor.var()) / chunks).sqrt()
+    assert solver.mean() < floor.mean() + 3 * standard_error
 
 
 def test_adaptive_sde_counts_and_denoises():
@@ -216,3 +221,17 @@ def test_adaptive_sde_counts_and_denoises():
     capped = run(max_nfe=40)
     assert capped.nfe <= 40 and capped.stats["budget_exhausted"] and torch.isfinite(capped.x).all()
     assert run(extrapolation=False).nfe > 0
+
+
+@pytest.mark.parametrize("solver, options", [("dopri5", {}), ("bosh3", dict(per_sample=True)), ("adaptive_sde", {}),
+                                              ("adaptive_sde", dict(per_sample=True))])
+def test_any_tensor_rank(solver, options):
+    # Image-shaped samples give the flat samples' result: norms, steps and noise do not depend on the layout.
+    flat = sd.GaussianMixture.random(16, 2, generator=torch.Generator().manual_seed(6))
+    image = sd.GaussianMixture(flat.weights, flat.means, flat.covs, event_shape=(1, 4, 4))
+    sde = SDES["vp"]()
+    x_T = sde.prior_sample((32, 16), torch.Generator().manual_seed(7), dtype=torch.float64)
+    run = lambda data, x: sd.sample(sde, data.score_model(sde), solver, x_T=x, generator=torch.Generator().manual_seed(8), **options)  # noqa: E731
+    a, b = run(image, x_T.reshape(32, 1, 4, 4)), run(flat, x_T)
+    assert a.x.shape == (32, 1, 4, 4) and a.nfe == b.nfe
+    torch.testing.assert_close(a.x.reshape(32, 16), b.x, rtol=1e-8, atol=1e-8)
