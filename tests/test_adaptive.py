@@ -235,3 +235,11 @@ def test_any_tensor_rank(solver, options):
     a, b = run(image, x_T.reshape(32, 1, 4, 4)), run(flat, x_T)
     assert a.x.shape == (32, 1, 4, 4) and a.nfe == b.nfe
     torch.testing.assert_close(a.x.reshape(32, 16), b.x, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver, options", [("dopri5", {}), ("bosh3", dict(variable="t")), ("adaptive_sde", {}),
+                                              ("adaptive_sde", dict(per_sample=True))])
+def test_float32_end_to_end(solver, options):
+    sde, mixture = SDES["ve"](), DATA["mixture"]()
+    result = sd.sample(sde, mixture.score_model(sde), solver, shape=(32, 2), generator=torch.Generator().manual_seed(9), **options)
+    assert result.x.dtype == torch.float32 and torch.isfinite(result.x).all()

@@ -541,10 +541,10 @@ class AdaptiveSDE(Solver):
 
     def _improved_euler(self, term, x, t, h, drift, dW):
         """(x', x''): the Euler-Maruyama and stochastic improved Euler points of one step on the same increment dW."""
-        hx = append_dims(h.to(x.dtype), x.ndim)
+        hx, t = append_dims(h.to(x.dtype), x.ndim), t.to(x.dtype)
         k1 = -hx * drift + append_dims(term.diffusion(t), x.ndim) * dW
         x_euler = x + k1
-        t_next = (t - h).to(x.dtype)
+        t_next = t - h.to(x.dtype)
         k2 = -hx * term.drift(x_euler, t_next) + append_dims(term.diffusion(t_next), x.ndim) * dW
         return x_euler, x + 0.5 * (k1 + k2)
 
