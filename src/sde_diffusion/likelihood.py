@@ -259,6 +259,11 @@ def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None
         raise TypeError(f"method must be a scipy method name, a solver name or a Solver; got {type(method).__name__}")
     if solver.stochastic or not solver.probability_flow:
         raise ValueError(f"the likelihood needs an ODE solver of the probability flow; {solver!r} is not one")
+    if type(solver).integrate is Solver.integrate and type(solver).step is Solver.step:
+        raise ValueError(
+            f"{solver.name} integrates only a score model's own reverse SDE, not the likelihood's augmented ODE; "
+            f"use a scipy method {SCIPY_METHODS} or a Runge-Kutta solver (euler, heun, rk4)"
+        )
     if solver.adaptive and steps is not None:
         raise ValueError(f"steps applies to fixed-step solvers; {solver!r} chooses its own (set rtol/atol)")
     return solver

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from ..registry import build
 from .base import NonFiniteError, SampleResult, Solver, StepContext
+from .adaptive import AdaptiveSDE, Bosh3, Dopri5, StepSizeError
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
+from .edm import LMS, EDMHeun
 from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
 from .ode import RK4, Euler, Heun, ScipyODE
 from .sdeint import TorchSDE
@@ -40,6 +42,11 @@ SOLVERS: dict[str, type[Solver]] = {
         SDEDPMSolverPP2M,
         UniPC,
         AdaptiveDPMSolver,
+        EDMHeun,
+        LMS,
+        Bosh3,
+        Dopri5,
+        AdaptiveSDE,
     )
 }
 

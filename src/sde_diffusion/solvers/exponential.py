@@ -479,6 +479,7 @@ class AdaptiveDPMSolver(ExponentialSolver):
     `result.stats`: accepted_steps, rejected_steps, budget_limited_steps, nfe. `result.times`: the accepted times.
     """
 
+    adaptive = True
     name = "adaptive_dpm_solver"
     order = 3
 
