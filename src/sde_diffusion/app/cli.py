@@ -49,3 +49,17 @@ train = _entry(jobs.run_train)
 sample = _entry(jobs.run_sample)
 evaluate = _entry(jobs.run_evaluate)
 likelihood = _entry(jobs.run_likelihood)
+
+JOBS = {"run": run, "train": train, "sample": sample, "evaluate": evaluate, "likelihood": likelihood}
+
+
+def dispatch() -> None:
+    """`python -m sde_diffusion.app.cli JOB [overrides]`, JOB one of run, train, sample, evaluate, likelihood."""
+    if len(sys.argv) < 2 or sys.argv[1] not in JOBS:
+        print(f"usage: python -m sde_diffusion.app.cli {{{','.join(JOBS)}}} [overrides]", file=sys.stderr)
+        raise SystemExit(2)
+    JOBS[sys.argv.pop(1)]()
+
+
+if __name__ == "__main__":
+    dispatch()

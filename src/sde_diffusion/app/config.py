@@ -34,7 +34,7 @@ class TrainConfig:
     """The trainer's options (`sde_diffusion.training.Trainer`) and the loss (`DSMLoss`, a `_target_` node)."""
 
     steps: int = 3000
-    batch_size: int = 512
+    batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -61,7 +61,7 @@ class TrainConfig:
 class SampleConfig:
     """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
 
-    n: int = 4000
+    n: int = 2000
     steps: Optional[int] = None  # overrides every solver's own `steps`
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file

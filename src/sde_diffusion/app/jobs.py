@@ -55,6 +55,8 @@ def _instantiate(node, key: str, **kwargs):
         return instantiate(node, **kwargs)
     except Exception as e:
         cause = e.__cause__ or e  # Hydra wraps the target's exception in an InstantiationException
+        if not isinstance(cause, (ValueError, TypeError, FileNotFoundError, KeyError, ImportError)):
+            raise
         raise ConfigError(f"{key}: {type(cause).__name__}: {cause}") from None
 
 
@@ -116,7 +118,7 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
 
 
 def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]:
-    """The config of a previous run (its sde, model and data replace ours) and its newest checkpoint file."""
+    """The config of a previous run (its sde, model, data and loss replace ours) and its newest checkpoint file."""
     if not checkpoint:
         raise CheckpointError("no checkpoint given: pass sample.checkpoint=<a run directory> (or a step_*.pt file)")
     path = Path(checkpoint).expanduser()
@@ -126,9 +128,9 @@ def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]
     files = list_checkpoints(run_dir / "checkpoints") if path.is_dir() else [path]
     if not files:
         raise CheckpointError(f"{path} holds no checkpoints (expected {path}/checkpoints/step_*.pt from a training run)")
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / "config.yaml"  # the resolved config every job writes
     if not saved.is_file():
-        raise CheckpointError(f"{run_dir} has no .hydra/config.yaml, so its sde, model and data are unknown")
+        raise CheckpointError(f"{run_dir} has no config.yaml, so its sde, model and data are unknown")
     theirs = OmegaConf.load(saved)
     cfg = cfg.copy()
     with _open(cfg):
@@ -337,8 +339,8 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"evaluate.samples: no samples file at {path} (give a samples.npz or the run folder holding it)")
     run_dir = path.parent
-    if (run_dir / ".hydra" / "config.yaml").is_file():
-        theirs = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    if (run_dir / "config.yaml").is_file():  # the run that wrote the samples: evaluate against its data
+        theirs = OmegaConf.load(run_dir / "config.yaml")
         cfg = cfg.copy()
         with _open(cfg):
             for key in ("sde", "model", "data"):
