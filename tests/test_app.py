@@ -121,17 +121,35 @@ def test_main_job_writes_every_output(main_run):
     for row in (pc, ode):
         assert row["sliced_wasserstein"] > 0 and "mmd" in row and "energy_distance" in row
     assert saved["floor"]["sliced_wasserstein"] > 0 and saved["n"] == 200
+    # eight Gaussians is an exact mixture: the exact score drives the same solvers, and log p of samples is exact
+    assert sorted(saved["exact_score"]) == ["pc", "pf_ode"] and saved["exact_score"]["pc"]["nfe"] == 21
+    assert np.isfinite(saved["data_log_prob"]) and np.isfinite(pc["sample_log_prob"])
+
+
+def test_digits_experiment_writes_an_image_grid_and_bits_per_dim(tmp_path):
+    cfg = cfg_of("experiment=digits", "train.steps=3", "train.warmup_steps=0", "train.batch_size=32", "model.channels=8",
+                 "sample.n=16", "sample.progress=false", "solvers.pc.steps=3", "solvers.pf_ode.rtol=1e-2",
+                 "solvers.pf_ode.atol=1e-2", "evaluate.floor_repeats=2", "evaluate.metrics=[sliced_wasserstein]")
+    metrics = jobs.run_main(cfg, tmp_path)
+    with np.load(tmp_path / "samples.npz") as arrays:
+        assert arrays["pc"].shape == (16, 1, 8, 8)
+    assert metrics["solvers"]["pc"]["nfe"] == 3 + 1 and metrics["n"] == 16  # against 16 test-split images
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    cfg = cfg_of("experiment=digits", f"sample.checkpoint={tmp_path}", "evaluate.likelihood_n=4",
+                 "likelihood.n_dequant=1", "likelihood.rtol=1e-2", "likelihood.atol=1e-2", "likelihood.progress=false")
+    bpd = jobs.run_likelihood(cfg, tmp_path / "likelihood")["likelihood"]
+    assert bpd["n_samples"] == 4 and np.isfinite(bpd["bits_per_dim"]) and bpd["bits_per_dim"] > 0
 
 
 def test_sample_from_checkpoint_with_any_solver_and_steps(main_run, tmp_path):
     run_dir, _ = main_run
     cfg = cfg_of("~solver@solvers.pc", "~solver@solvers.pf_ode", "+solver@solvers.fast=ddim", "sample.steps=7",
                  "sample.n=100", "sample.progress=false", "evaluate.floor_repeats=2", f"sample.checkpoint={run_dir}",
-                 "data=swiss_roll")  # the run's own data (checkerboard) is used, not this
+                 "data=swiss_roll")  # the run's own data (eight_gaussians) is used, not this
     metrics = jobs.run_sample(cfg, tmp_path)
     assert metrics["solvers"]["fast"]["nfe"] == 7 + 1
     assert metrics["checkpoint"].endswith("step_000000020.pt")
-    assert "checkerboard" in (tmp_path / "config.yaml").read_text()
+    assert "eight_gaussians" in (tmp_path / "config.yaml").read_text()
     with np.load(tmp_path / "samples.npz") as arrays:
         assert arrays["fast"].shape == (100, 2)
 
@@ -149,7 +167,7 @@ def test_likelihood_from_checkpoint(main_run, tmp_path):
     run_dir, _ = main_run
     cfg = cfg_of(f"sample.checkpoint={run_dir}", "evaluate.likelihood_n=20", "likelihood.rtol=1e-3", "likelihood.atol=1e-3")
     result = jobs.run_likelihood(cfg, tmp_path)["likelihood"]
-    assert np.isfinite(result["nll"]) and result["n"] == 20 and result["nfe"] > 0
+    assert np.isfinite(result["nll"]) and result["n"] == 20 and result["nfe"] > 0 and np.isfinite(result["exact_nll"])
     assert json.loads((tmp_path / "metrics.json").read_text())["likelihood"]["nll"] == pytest.approx(result["nll"])
 
 
