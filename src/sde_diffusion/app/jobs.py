@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import metrics as M
 from ..sampling import sample as draw_samples
@@ -133,24 +133,11 @@ def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]
         raise CheckpointError(f"{run_dir} has no config.yaml, so its sde, model and data are unknown")
     theirs = OmegaConf.load(saved)
     cfg = cfg.copy()
-    with _open(cfg):
+    with open_dict(cfg):
         for key in ("sde", "model", "data"):
             cfg[key] = theirs[key]
         cfg.train.loss = theirs.train.loss  # the prediction the network was trained for
     return cfg, files[-1]
-
-
-class _open:
-    """Lift the struct flag for a moment (to replace whole nodes)."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __enter__(self):
-        OmegaConf.set_struct(self.cfg, False)
-
-    def __exit__(self, *exc):
-        OmegaConf.set_struct(self.cfg, True)
 
 
 def score_from_checkpoint(built: Built, file: Path) -> ScoreModel:
@@ -224,8 +211,9 @@ def _metric_fns(names: list[str], dim: int, projections: int, seed: int) -> dict
 
 
 def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = None) -> dict:
-    """Each metric of each sample set against the reference, beside the two-sample floor at the same size; for a
-    Gaussian mixture also the exact score's samples (same solver and steps) and log p under the mixture."""
+    """Each metric of each sample set against the reference (the mean over `floor_repeats` fresh draws of the data
+    law, or the held-out split), beside the two-sample floor at the same size; for a Gaussian mixture also the exact
+    score's samples (same solver and steps) and the mean log p of the samples under the mixture."""
     e, seed = built.config["evaluate"], built.config["seed"]
     n = min(len(r["x"]) for r in samples.values()) if samples else built.config["sample"]["n"]
     draw, ref = reference(built, n, seed)
@@ -235,8 +223,19 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
     for name, fn in fns.items():
         mean, err = M.two_sample_floor(draw, n, fn, e["floor_repeats"], torch.Generator().manual_seed(seed + 4))
         floor[name], floor[name + "_stderr"] = mean, err
+    # One reference sample is itself a random draw whose own deviation (e.g. in mode weights) moves every
+    # distance to it by as much as the floor; where the law can be sampled, average over fresh references.
+    refs = [ref]
+    if built.data.sampler is not None:
+        g = torch.Generator().manual_seed(seed + 5)
+        refs += [draw(n, g) for _ in range(e["floor_repeats"] - 1)]
+
+    def distance(x: torch.Tensor, fn) -> tuple[float, float]:
+        values = torch.tensor([fn(x, r) for r in refs], dtype=torch.float64)
+        return float(values.mean()), float(values.std() / math.sqrt(len(refs))) if len(refs) > 1 else 0.0
+
     mixture = getattr(built.data, "mixture", None)
-    report = {"n": n, "floor": floor, "solvers": {}}
+    report = {"n": n, "references": len(refs), "floor": floor, "solvers": {}}
     if mixture is not None:
         report["data_log_prob"] = float(mixture.log_prob(ref.double()).mean())
     for name, r in samples.items():
@@ -244,7 +243,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         row = {k: r[k] for k in ("solver", "steps", "grid", "nfe", "wall_time_s")}
         row["finite"] = bool(torch.isfinite(x).all())
         for metric, fn in fns.items():
-            row[metric] = fn(x, ref) if row["finite"] else float("nan")
+            row[metric], row[metric + "_stderr"] = distance(x, fn) if row["finite"] else (float("nan"), float("nan"))
         if mixture is not None:
             row["sample_log_prob"] = float(mixture.log_prob(x.double()).mean()) if row["finite"] else float("nan")
         report["solvers"][name] = row
@@ -252,7 +251,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         exact = mixture.score_model(built.sde)
         truth = sample_all(built, exact)
         report["exact_score"] = {
-            name: {"nfe": r["nfe"], **{m: fn(r["x"][:n].float(), ref) for m, fn in fns.items()}} for name, r in truth.items()
+            name: {"nfe": r["nfe"], **{m: distance(r["x"][:n].float(), fn)[0] for m, fn in fns.items()}} for name, r in truth.items()
         }
     return report
 
@@ -342,7 +341,7 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
     if (run_dir / "config.yaml").is_file():  # the run that wrote the samples: evaluate against its data
         theirs = OmegaConf.load(run_dir / "config.yaml")
         cfg = cfg.copy()
-        with _open(cfg):
+        with open_dict(cfg):
             for key in ("sde", "model", "data"):
                 cfg[key] = theirs[key]
     built = build(cfg)
