@@ -68,6 +68,12 @@ def test_every_solver_builds(name):
     assert isinstance(built.samplers["pc"].solver, Solver) and built.samplers["pc"].solver.name == name
 
 
+def test_the_network_is_initialised_from_the_seed():
+    weights = [[p.detach().clone() for p in jobs.build(cfg_of("data.n=10", f"seed={s}")).network.parameters()] for s in (0, 0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2]))
+
+
 @pytest.mark.parametrize("name", [n for n in options("data") if n not in ("mnist", "cifar10", "image_folder")])
 def test_every_builtin_dataset_builds_with_a_fitting_model(name):
     model = "unet" if name == "digits" else "mlp"

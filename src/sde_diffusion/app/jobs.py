@@ -79,7 +79,9 @@ def build(cfg: DictConfig) -> Built:
     for key, value in filled.items():
         if key in model_node and model_node[key] is None:
             model_node[key] = value
-    network = _instantiate(model_node, "model")
+    with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`, leaving the global RNG as it was
+        torch.manual_seed(resolved["seed"])
+        network = _instantiate(model_node, "model")
     steps_override = resolved["sample"]["steps"]
     samplers = {}
     for name, node in resolved["solvers"].items():
