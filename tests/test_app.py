@@ -236,3 +236,13 @@ def test_missing_checkpoint_exits_nonzero_with_a_clear_message(tmp_path):
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert "error: no checkpoint at /nonexistent/run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gather_command(main_run, tmp_path, capsys):
+    from sde_diffusion.app.gather import main
+
+    main([str(main_run[0])])
+    assert "| run | sampler |" in capsys.readouterr().out and (main_run[0] / "metrics.csv").is_file()
+    with pytest.raises(SystemExit) as exit:
+        main([str(tmp_path)])
+    assert exit.value.code == 2 and "no metrics.json" in capsys.readouterr().err

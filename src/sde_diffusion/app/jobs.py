@@ -251,6 +251,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         report["solvers"][name] = row
     if mixture is not None and e["ground_truth"] and score is not None:
         exact = mixture.score_model(built.sde)
+        log.info("ground truth: the same solvers driven by the exact score of the mixture")
         truth = sample_all(built, exact)
         report["exact_score"] = {
             name: {"nfe": r["nfe"], **{m: distance(r["x"][:n].float(), fn)[0] for m, fn in fns.items()}} for name, r in truth.items()
