@@ -147,6 +147,15 @@ def test_digits_experiment_writes_an_image_grid_and_bits_per_dim(tmp_path):
     assert bpd["n_samples"] == 4 and np.isfinite(bpd["bits_per_dim"]) and bpd["bits_per_dim"] > 0
 
 
+@pytest.mark.parametrize("sde", ["subvp", "ve", "ou", "cosine", "edm"])
+def test_main_job_runs_with_every_sde(sde, tmp_path):
+    tiny = [o for o in TINY if not o.startswith(("train.steps", "sample.n", "solvers.pc.steps"))]
+    metrics = jobs.run_main(cfg_of(f"sde={sde}", *tiny, "train.steps=5", "sample.n=50", "solvers.pc.steps=5", "plots=false",
+                                   "evaluate.ground_truth=false"), tmp_path)
+    assert metrics["solvers"]["pc"]["nfe"] == 2 * 5 + 1 and metrics["solvers"]["pf_ode"]["nfe"] > 1
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "samples.npz").is_file()
+
+
 def test_sample_from_checkpoint_with_any_solver_and_steps(main_run, tmp_path):
     run_dir, _ = main_run
     cfg = cfg_of("~solver@solvers.pc", "~solver@solvers.pf_ode", "+solver@solvers.fast=ddim", "sample.steps=7",

@@ -82,6 +82,8 @@ def build(cfg: DictConfig) -> Built:
     with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`, leaving the global RNG as it was
         torch.manual_seed(resolved["seed"])
         network = _instantiate(model_node, "model")
+    if not resolved["solvers"]:
+        raise ConfigError("no solvers configured: add one with +solver@solvers.NAME=<a file of conf/solver/>")
     steps_override = resolved["sample"]["steps"]
     samplers = {}
     for name, node in resolved["solvers"].items():
