@@ -256,7 +256,12 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         log.info("ground truth: the same solvers driven by the exact score of the mixture")
         truth = sample_all(built, exact)
         report["exact_score"] = {
-            name: {"nfe": r["nfe"], **{m: distance(r["x"][:n].float(), fn)[0] for m, fn in fns.items()}} for name, r in truth.items()
+            name: {
+                "nfe": r["nfe"],
+                **{m: distance(r["x"][:n].float(), fn)[0] for m, fn in fns.items()},
+                "sample_log_prob": float(mixture.log_prob(r["x"][:n].double()).mean()),
+            }
+            for name, r in truth.items()
         }
     return report
 
