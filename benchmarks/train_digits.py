@@ -88,7 +88,8 @@ def frechet_distance(clf: Classifier, a: torch.Tensor, b: torch.Tensor) -> float
     fa, fb = (clf.features(v.float().clamp(-1, 1)).double().numpy() for v in (a, b))
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
-    covmean = linalg.sqrtm(ca @ cb).real
+    offset = 1e-6 * np.eye(len(ca))  # dead ReLU features make the covariances singular (as in FID code)
+    covmean = linalg.sqrtm((ca + offset) @ (cb + offset)).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
 
 
@@ -172,11 +173,12 @@ def plot(samples, real, labels, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
     for ax, images, title in ((axes[0], samples, "U-Net samples (classifier label)"), (axes[1], real, "real test digits")):
-        grid = images[:100].reshape(10, 10, 8, 8).permute(0, 2, 1, 3).reshape(80, 80).numpy()
+        padded = nn.functional.pad(images[:100], (1, 1, 1, 1), value=-1.0)  # a white border around each digit
+        grid = padded.reshape(10, 10, 10, 10).permute(0, 2, 1, 3).reshape(100, 100).numpy()
         ax.imshow(grid, cmap="gray_r", vmin=-1, vmax=1)
         ax.set_title(title), ax.set_xticks([]), ax.set_yticks([])
     for k, label in enumerate(labels.tolist()):
-        axes[0].text(8 * (k % 10) + 0.3, 8 * (k // 10) + 1.8, str(label), color="C3", fontsize=6)
+        axes[0].text(10 * (k % 10) + 0.2, 10 * (k // 10) + 1.6, str(label), color="C3", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -25,8 +25,8 @@ Importance sampling of t: for any linear SDE, `g^2 / sigma^2 = -2 d log_snr / dt
 `sigma^2 / alpha^2 = exp(-2 log_snr)` along `d sigma^2/dt = 2 f sigma^2 + g^2`). So the density proportional to
 g^2 / sigma^2 on [t_min, T] is sampled exactly by drawing log_snr uniformly between log_snr(T) and log_snr(t_min)
 and mapping back with `sde.t_of_log_snr`; the sample is reweighted by 1 / ((T - t_min) p(t)) so the expectation is
-unchanged and the likelihood weighting becomes a constant (Song et al. 2021, Sec. 5 of the maximum-likelihood paper,
-there in closed form for the VP SDE only).
+unchanged and the likelihood weighting becomes a constant. (Song, Durkan, Murray & Ermon 2021 sample this density
+for the VP SDE from its closed-form CDF; the log-SNR route gives it for every linear SDE.)
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Literal
 
 import torch
 
+from ..networks.embeddings import NULL_LABEL
 from ..score import PREDICTIONS, target_from
 from ..sde import LinearSDE
-from ..networks.embeddings import NULL_LABEL
 from ..tensors import append_dims
 
 Weighting = Literal["sigma2", "likelihood", "target"]
