@@ -34,6 +34,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, help="seeds per setting")
     p.add_argument("--samples", type=int, help="samples per run")
     p.add_argument("--solvers", nargs="+", help="contestant labels to keep ('prefix*' matches a prefix)")
+    p.add_argument("--stop-below", type=float, help="deterministic solvers stop raising the budget below this trajectory error (0: never)")
     p.add_argument("--no-peers", action="store_true", help="leave out diffusers, torchsde and scipy")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--jobs", type=int, default=arena.run.default_jobs(), help="worker processes (default: OMP_NUM_THREADS or the CPU count)")
@@ -48,7 +49,7 @@ def main(argv=None) -> arena.ArenaResult:
     overrides = {k: v for k, v in dict(
         problems=tuple(args.problems) if args.problems else None, sdes=tuple(args.sdes) if args.sdes else None,
         budgets=tuple(args.budgets) if args.budgets else None, seeds=args.seeds, samples=args.samples,
-        solvers=tuple(args.solvers) if args.solvers else None,
+        solvers=tuple(args.solvers) if args.solvers else None, stop_below=args.stop_below,
     ).items() if v is not None}
     overrides.update(peers=not args.no_peers, memory=not args.no_memory, jobs=args.jobs)
     config = arena.ArenaConfig.quick(**overrides) if args.quick else arena.ArenaConfig.full(**overrides)

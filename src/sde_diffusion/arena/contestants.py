@@ -79,7 +79,7 @@ class Contestant:
         s1, s2 = self.probe_steps
         n1, n2 = (self.spent(sde, model, x_probe, t_min, Setting(steps=s), g) for s in (s1, s2))
         cap = max(budgets)
-        if n1 == n2:  # the grid does not set the cost: the solver picks its own steps
+        if n2 <= n1:  # the grid does not set the cost: the solver picks its own steps
             if self.takes_tolerance:
                 return [Setting(tol=tol, max_nfe=cap if self.takes_max_nfe else None) for tol in tolerances]
             return [Setting()]

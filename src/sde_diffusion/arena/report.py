@@ -132,6 +132,16 @@ def frontier(rows: list[dict], problem: str, sde: str) -> list[dict]:
     return out
 
 
+def frontier_overview(rows: list[dict]) -> str:
+    """One line per case: for each target, the fewest NFE that meets it and the solver (Markdown)."""
+    names = [target for _, target, _ in frontier_targets()]
+    lines = ["| case | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for problem, sde in cases_of(rows):
+        cells = [_fmt_hit(f["best"]) for f in frontier(rows, problem, sde)]
+        lines.append(f"| {problem} / {sde} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt_hit(hit) -> str:
     return f"{hit[0]:.0f} ({hit[1]})" if hit else "-"
 
@@ -290,7 +300,8 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
 
     lines += ["## Frontier: the fewest NFE that reach each target", "",
               "Trajectory targets are relative errors (deterministic solvers); SW2 targets are multiples of the floor "
-              "(every solver). Each cell: NFE (solver).", ""]
+              "(every solver). Each cell: NFE (solver).", "", frontier_overview(rows), "",
+              "Per case, with the best of ours and the best peer:", ""]
     for problem, sde in cases_of(rows):
         lines += [f"### {problem} / {sde}", "", "| target | fewest NFE (solver) | ours | peers |", "|---|---|---|---|"]
         for f in frontier(rows, problem, sde):

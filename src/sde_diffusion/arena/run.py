@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Callable, Sequence
 
@@ -77,6 +77,10 @@ class ArenaConfig:
         return cls(**{**base, **overrides})
 
     def __post_init__(self):
+        for name in ("problems", "sdes", "budgets", "tolerances", "solvers"):  # lists (or ListConfigs) from YAML
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (tuple, str)):
+                setattr(self, name, tuple(value))
         for name in self.problems:
             get_problem(name)
         for name in self.sdes:
@@ -116,10 +120,6 @@ class Record:
     data_std: float
     error: str = ""
 
-    @classmethod
-    def columns(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 @dataclass
 class SeedState:
@@ -134,27 +134,19 @@ class SeedState:
     floors: dict[str, float]
 
 
-@dataclass
 class Case:
-    """A (problem, SDE) pair with its exact model, metric constants and per-seed shared state."""
+    """A (problem, SDE) pair: its exact model (every contestant's evaluations are counted by this one wrapper), the
+    metric constants (fixed projections and MMD bandwidths), and the state each seed shares (`prepare`)."""
 
-    problem: Problem
-    sde_name: str
-    config: ArenaConfig
-    sde: object = field(init=False)
-    model: object = field(init=False)
-    projections: torch.Tensor = field(init=False)
-    bandwidths: tuple[float, ...] = field(init=False)
-    seeds: list[SeedState] = field(init=False, default_factory=list)
-
-    def __post_init__(self):
-        self.sde = get_sde(self.sde_name)
+    def __init__(self, problem: Problem, sde_name: str, config: ArenaConfig, dtype: torch.dtype = torch.float64):
+        self.problem, self.sde_name, self.config, self.dtype = problem, sde_name, config, dtype
+        self.sde = get_sde(sde_name)
         self.t_min = self.sde.default_t_min
-        self.model = self.problem.data.score_model(self.sde)
-        self.dtype = torch.float64
-        g = torch.Generator().manual_seed(_stable_seed("projections", self.problem.name))
-        self.projections = metrics.random_projections(self.problem.dim, self.config.projections, g)
-        self.bandwidths = mmd_bandwidths(self.problem)
+        self.model = problem.data.score_model(self.sde)
+        g = torch.Generator().manual_seed(_stable_seed("projections", problem.name))
+        self.projections = metrics.random_projections(problem.dim, config.projections, g)
+        self.bandwidths = mmd_bandwidths(problem)
+        self.seeds: list[SeedState] = []
 
     @property
     def name(self) -> str:
@@ -253,7 +245,11 @@ def run_seeds(case: Case, c: Contestant, setting: Setting, used_steps: set[int])
     if it lands on a step count already run)."""
     first = _safe_run(case, c, setting, case.seeds[0])
     while setting.budget is not None and first.nfe > setting.budget and setting.steps > 1:
-        setting = replace(setting, steps=setting.steps - 1)
+        # Scale the steps down by the overshoot (at least one step): one or two re-runs, not one per excess NFE.
+        steps = min(setting.steps - 1, math.floor(setting.steps * setting.budget / first.nfe))
+        if steps < 1:
+            break
+        setting = replace(setting, steps=steps)
         first = _safe_run(case, c, setting, case.seeds[0])
     if setting.steps is not None:
         if setting.steps in used_steps:
