@@ -33,6 +33,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 import sde_diffusion as sd  # noqa: E402
 from sde_diffusion.metrics import random_projections, sliced_wasserstein  # noqa: E402
+from sde_diffusion.arena.problems import get_problem, get_sde
+from sde_diffusion.arena.run import relative_error
 
 ODE_RUNS = (  # (label, solver, options, tolerances)
     ("dopri5", "dopri5", {}, (1e-3, 3e-4, 1e-4, 5e-5, 3e-5, 2e-5, 1e-5, 5e-6, 3e-6, 1e-6)),
@@ -43,18 +45,12 @@ SDE_RTOLS = (0.1, 0.05, 0.02, 0.01, 0.005)
 
 
 def targets():
-    return {
-        "ring-2d": sd.GaussianMixture.ring(),
-        "gmm-32d": sd.GaussianMixture.random(32, 6, condition=50, generator=torch.Generator().manual_seed(0)),
-    }
+    """The arena's 2-D ring and 32-D mixture (sde_diffusion.arena.problems)."""
+    return {name: get_problem(name).data for name in ("ring-2d", "gmm-32d")}
 
 
 def sdes():
-    return {"edm": sd.EDMSDE(sigma_min=0.002, sigma_max=80.0), "vp": sd.VPSDE()}
-
-
-def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((x - ref).norm() / ref.norm())
+    return {name: get_sde(name) for name in ("edm", "vp")}
 
 
 def ode_table(n_samples: int) -> list[dict]:

@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 import sde_diffusion as sd  # noqa: E402
+from sde_diffusion.arena.problems import get_problem, get_sde
+from sde_diffusion.arena.run import relative_error
 
 SOLVERS = [  # (label, name, options, evaluations per step)
     ("ddim", "ddim", {}, 1),
@@ -39,18 +41,12 @@ ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-4)
 
 
 def targets():
-    return {
-        "ring-2d": sd.GaussianMixture.ring(),
-        "gmm-32d": sd.GaussianMixture.random(32, 6, condition=50, generator=torch.Generator().manual_seed(0)),
-    }
+    """The arena's 2-D ring and 32-D mixture (sde_diffusion.arena.problems)."""
+    return {name: get_problem(name).data for name in ("ring-2d", "gmm-32d")}
 
 
 def sdes():
-    return {"edm": sd.EDMSDE(sigma_min=0.002, sigma_max=80.0), "vp": sd.VPSDE()}
-
-
-def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((x - ref).norm() / ref.norm())
+    return {name: get_sde(name) for name in ("edm", "vp")}
 
 
 def reference(sde, model, x_T, t_min):
