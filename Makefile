@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-# The tests are bound by small-tensor overhead: one thread per process avoids oversubscribing the cores.
+# The tests and the default job are bound by small-tensor overhead: one thread per process avoids
+# oversubscribing the cores (two torch threads on a busy 2-core machine ran the default job 50x slower).
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
@@ -23,4 +24,4 @@ test-fast: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 run: install
-	$(PY) -m sde_diffusion
+	OMP_NUM_THREADS=1 $(PY) -m sde_diffusion
