@@ -17,13 +17,9 @@ import torch
 import sde_diffusion as sd
 from sde_diffusion.solvers.edm import adams_bashforth_coefficients
 from tests.helpers import assert_moments, observed_order, reference_solution, rms
+from tests.conftest import SDE_FACTORIES
 
-SDES = {
-    "vp": lambda: sd.VPSDE(),
-    "ve": lambda: sd.VESDE(sigma_min=0.01, sigma_max=50.0),
-    "ou": lambda: sd.OUSDE(),
-    "user": lambda: sd.LinearSDE.from_beta(lambda t: 0.1 + 19.9 * t),
-}
+SDES = {k: SDE_FACTORIES[k] for k in ("vp", "ve", "ou", "user")}
 DATA = {
     "gaussian": lambda: sd.GaussianMixture.gaussian([0.5, -0.3], [[1.0, 0.3], [0.3, 0.5]]),
     "mixture": lambda: sd.GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], [[0.2, 0.1], [0.3, 0.05]]),

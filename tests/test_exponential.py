@@ -17,18 +17,13 @@ import torch
 import sde_diffusion as sd
 from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW, phi
 from tests.helpers import assert_moments, observed_order, reference_solution, rms
+from tests.conftest import SDE_FACTORIES
 
 F64 = torch.float64
 SLOPE_TOL = 0.3
 H_LAMBDA = (0.6, 0.3, 0.15)
 
-SDES = {
-    "vp": lambda: sd.VPSDE(),
-    "subvp": lambda: sd.SubVPSDE(),
-    "ve": lambda: sd.VESDE(sigma_min=0.01, sigma_max=50.0),
-    "ou": lambda: sd.OUSDE(),
-    "user": lambda: sd.LinearSDE.from_beta(lambda t: 0.1 + 19.9 * t),
-}
+SDES = SDE_FACTORIES
 DATA = {
     "gauss": lambda: sd.GaussianMixture.gaussian([0.5, -1.0], [[1.0, 0.3], [0.3, 0.5]]),
     "mixture": lambda: sd.GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], [[0.3, 0.2], [0.2, 0.4]]),
