@@ -65,6 +65,7 @@ def summarize(records: Iterable) -> list[dict]:
             row[m], row[m + "_se"] = _nan_mean([r[m] for r in rs])
             if not m.startswith("traj_err"):
                 row[m + "_floor"], row[m + "_floor_se"] = _nan_mean([r[m + "_floor"] for r in rs])
+                row[m + "_floor_sd"] = _nan_mean([r[m + "_floor_sd"] for r in rs])[0]
         rows.append(row)
     rows.sort(key=lambda r: (r["problem"], r["sde"], r["label"], r["nfe"]))
     return rows
@@ -100,14 +101,22 @@ def _of(rows, problem, sde):
     return [r for r in rows if r["problem"] == problem and r["sde"] == sde]
 
 
-def fewest_nfe(rows: list[dict], ok) -> tuple[float, str] | None:
-    """(NFE, label) of the cheapest row satisfying `ok`, or None."""
-    hits = [(r["nfe"], r["label"]) for r in rows if ok(r)]
-    return min(hits) if hits else None
+def fewest_nfe(rows: list[dict], ok, metric: str) -> tuple[float, str] | None:
+    """(NFE, label) of the cheapest row satisfying `ok` (of equally cheap ones, the lowest `metric`), or None."""
+    hits = [(r["nfe"], r[metric], r["label"]) for r in rows if ok(r)]
+    return min(hits)[::2] if hits else None
+
+
+def sw2_noise(r: dict) -> float:
+    """The standard error of a row's mean SW2: the spread over its seeds, or, if larger, the spread of a single
+    data-vs-data distance at this sample size over sqrt(seeds) (two seeds say little about a heavy-tailed spread)."""
+    floor_sd = r.get("sw2_floor_sd", math.nan)
+    from_floor = floor_sd / math.sqrt(r["seeds"]) if not math.isnan(floor_sd) else 0.0
+    return max(r["sw2_se"], from_floor)
 
 
 def _at_floor(r: dict) -> bool:
-    return r["sw2"] <= r["sw2_floor"] + 2 * math.hypot(r["sw2_se"], r["sw2_floor_se"])
+    return r["sw2"] <= r["sw2_floor"] + 2 * math.hypot(sw2_noise(r), r["sw2_floor_se"])
 
 
 def frontier_targets() -> list[tuple[str, str, object]]:
@@ -125,9 +134,9 @@ def frontier(rows: list[dict], problem: str, sde: str) -> list[dict]:
     for metric, target, ok in frontier_targets():
         out.append(dict(
             metric=metric, target=target,
-            best=fewest_nfe(case, ok),
-            ours=fewest_nfe([r for r in case if r["family"] == "ours"], ok),
-            peers=fewest_nfe([r for r in case if r["family"] != "ours"], ok),
+            best=fewest_nfe(case, ok, metric),
+            ours=fewest_nfe([r for r in case if r["family"] == "ours"], ok, metric),
+            peers=fewest_nfe([r for r in case if r["family"] != "ours"], ok, metric),
         ))
     return out
 
@@ -218,10 +227,12 @@ def stochastic_claim(rows: list[dict]) -> list[dict]:
                 r = _at_budget(case, label, budget)
                 if r is None:
                     continue
-                se = math.hypot(r["sw2_se"], base["sw2_se"])
+                se = math.hypot(sw2_noise(r), sw2_noise(base))
                 diff = r["sw2"] - base["sw2"]
                 if min(r["seeds"], base["seeds"]) < 2:
                     verdict = "n/a (1 seed)"
+                elif _at_floor(r) and _at_floor(base):
+                    verdict = "both at floor"
                 else:
                     verdict = "beats" if diff < -2 * se else ("loses" if diff > 2 * se else "tie")
                 out.append(dict(problem=problem, sde=sde, budget=budget, label=label, sw2=r["sw2"], em=base["sw2"],
@@ -289,7 +300,10 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
         lines.append("")
     sto = stochastic_claim(rows)
     if sto:
-        lines += ["## Claim: stochastic solvers vs Euler-Maruyama at equal NFE (SW2; 'beats' = lower by more than 2 se)", "",
+        lines += ["## Claim: stochastic solvers vs Euler-Maruyama at equal NFE", "",
+                  "SW2, solver vs Euler-Maruyama. 'beats' / 'loses': lower / higher by more than 2 se, where se is the "
+                  "larger of the spread over seeds and the spread of one data-vs-data distance at this sample size over "
+                  "sqrt(seeds); 'both at floor': neither is above the floor by 2 se, so this sample size cannot rank them.", "",
                   "| problem | SDE | solver | " + " | ".join(f"NFE {b}" for b in STOCHASTIC_BUDGETS) + " |",
                   "|---|---|---|" + "---|" * len(STOCHASTIC_BUDGETS)]
         for problem, sde in cases_of(rows):

@@ -13,7 +13,8 @@ same `x_T`. Each run is measured by:
 - `sw2`, `mmd`, `energy`: sliced 2-Wasserstein on fixed projections, MMD (fixed Gaussian-kernel bandwidths per
   problem) and energy distance between the n samples and n fresh data samples (one data sample per seed, shared by
   every contestant, so that their differences are paired), each beside its floor: the same distance between that
-  data sample and another independent data sample of the same size n, averaged over `floor_repeats` such samples;
+  data sample and another independent data sample of the same size n, averaged over `floor_repeats` such samples
+  (`*_floor_sd`: their standard deviation, the sampling noise of one such distance at this n);
 - `time_s`: wall time of the call (`cpu_s`: its CPU time, which other processes on the machine do not inflate);
   `peak_mem_mb`: peak tensor memory (see `measure`), measured once per case and
   contestant in a separate run at its smallest setting (the solvers' state does not grow with the step count).
@@ -115,10 +116,13 @@ class Record:
     traj_err_median: float
     sw2: float
     sw2_floor: float
+    sw2_floor_sd: float
     mmd: float
     mmd_floor: float
+    mmd_floor_sd: float
     energy: float
     energy_floor: float
+    energy_floor_sd: float
     samples: int
     data_std: float
     error: str = ""
@@ -184,7 +188,11 @@ class Case:
         gd = torch.Generator().manual_seed(_stable_seed("data", self.name, seed))
         data = self.draw(n, gd)
         repeats = [self.distances(self.draw(n, gd), data) for _ in range(self.config.floor_repeats)]
-        floors = {k: sum(r[k] for r in repeats) / len(repeats) for k in repeats[0]}
+        floors = {}
+        for k in repeats[0]:
+            values = torch.tensor([r[k] for r in repeats], dtype=torch.float64)
+            floors[k] = float(values.mean())
+            floors[k + "_sd"] = float(values.std()) if len(values) > 1 else math.nan
         return SeedState(seed, x_T, reference, reference_model.nfe, elapsed, data, floors)
 
 
@@ -217,8 +225,8 @@ def _record(case: Case, c: Contestant, setting: Setting, seed: int, **values) ->
         problem=case.problem.name, sde=case.sde_name, label=c.label, family=c.family, stochastic=c.stochastic,
         setting=setting.describe(), budget=setting.budget if setting.budget is not None else nan,
         steps=setting.steps if setting.steps is not None else nan, tol=setting.tol if setting.tol is not None else nan,
-        seed=seed, nfe=nan, time_s=nan, cpu_s=nan, peak_mem_mb=nan, traj_err=nan, traj_err_median=nan, sw2=nan, sw2_floor=nan, mmd=nan,
-        mmd_floor=nan, energy=nan, energy_floor=nan, samples=case.config.samples, data_std=case.problem.data_std,
+        seed=seed, nfe=nan, time_s=nan, cpu_s=nan, peak_mem_mb=nan, traj_err=nan, traj_err_median=nan, sw2=nan, sw2_floor=nan, sw2_floor_sd=nan,
+        mmd=nan, mmd_floor=nan, mmd_floor_sd=nan, energy=nan, energy_floor=nan, energy_floor_sd=nan, samples=case.config.samples, data_std=case.problem.data_std,
     )
     base.update(values)
     return Record(**base)
@@ -235,7 +243,8 @@ def run_setting(case: Case, c: Contestant, setting: Setting, state: SeedState) -
     d = case.distances(x, state.data)
     values = dict(
         nfe=nfe, time_s=elapsed, cpu_s=cpu, sw2=d["sw2"], mmd=d["mmd"], energy=d["energy"],
-        sw2_floor=state.floors["sw2"], mmd_floor=state.floors["mmd"], energy_floor=state.floors["energy"],
+        **{f"{k}_floor": v for k, v in state.floors.items() if not k.endswith("_sd")},
+        **{f"{k[:-3]}_floor_sd": v for k, v in state.floors.items() if k.endswith("_sd")},
     )
     if not c.stochastic and state.reference is not None:
         values["traj_err"] = relative_error(x, state.reference)
@@ -323,7 +332,8 @@ def reference_records(case: Case) -> list[Record]:
             case, ref, setting, s.seed, nfe=s.reference_nfe + 1, time_s=s.reference_time, cpu_s=s.reference_time,
             traj_err=0.0, traj_err_median=0.0,
             sw2=d["sw2"], mmd=d["mmd"], energy=d["energy"],
-            sw2_floor=s.floors["sw2"], mmd_floor=s.floors["mmd"], energy_floor=s.floors["energy"],
+            **{f"{k}_floor": v for k, v in s.floors.items() if not k.endswith("_sd")},
+            **{f"{k[:-3]}_floor_sd": v for k, v in s.floors.items() if k.endswith("_sd")},
         ))
     return out
 
