@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import sys
 
 import pytest
@@ -71,7 +70,7 @@ def test_nfe_is_what_the_network_saw():
                 assert record.nfe <= setting.budget, (c.label, setting, record.nfe)
 
 
-def test_budgets_are_met_and_reported(monkeypatch):
+def test_budgets_are_met_and_reported():
     config = tiny(seeds=1, samples=8, budgets=(5, 10, 20))
     lineup = arena.select(arena.default_contestants(peers=True), ["dpm_solver_2", "torchsde:euler", "unipc"])
     records = [r for r in arena.run_case("ring-2d", "edm", lineup.contestants, config) if r.family != "reference"]
@@ -80,6 +79,8 @@ def test_budgets_are_met_and_reported(monkeypatch):
         assert r.nfe <= r.budget
     two_stage = sorted(r.nfe for r in records if r.label == "dpm_solver_2")
     assert two_stage == [5, 9, 19]  # 2 per step + 1 denoise, read off the wrapper, never assumed
+    one = arena.run_one("ring-2d", "edm", lineup.contestants[0], budget=10, samples=8)
+    assert one.nfe == 9 and one.traj_err > 0
 
 
 def test_floor_is_at_the_same_sample_size(monkeypatch):

@@ -251,6 +251,7 @@ VARIANTS: list[tuple[str, str, dict, str | None]] = [
     # (label, registered name, options, grid): option and grid variants worth a row of their own. (DDIM with
     # eta = 1 is ancestral sampling, and DPM-Solver-1 is DDIM: both already have rows.)
     ("unipc(order=3)", "unipc", {"order": 3}, None),
+    ("dpm_solver_pp_2m@edm", "dpm_solver_pp_2m", {}, "edm"),  # "DPM++ 2M Karras"
     ("unipc@edm", "unipc", {}, "edm"),
     ("edm_heun(S_churn=40)", "edm_heun", {"S_churn": 40.0}, None),
 ]
