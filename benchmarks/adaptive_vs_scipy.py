@@ -4,18 +4,20 @@ Targets: a 2-D ring (8 components, std 0.05) and a 32-D random mixture (6 compon
 SDEs: EDM (sigma 80 -> 0.002) and VP (t 1 -> 1e-3).
 
 ODE: relative trajectory error ||x - x_ref|| / ||x_ref|| against scipy's DOP853 at rtol = atol = 1e-11 from the same
-x_T, and the NFE the score wrapper counted, for dopri5 and bosh3 (default variable log-SNR, and dopri5 in t) over a
-ladder of tolerances (rtol = atol), beside our `scipy` solver (RK45, rtol = atol = 1e-5). The issue's target: reach
-scipy's accuracy with at most half its NFE. "best" is the cheapest of our runs at least as accurate as scipy's.
+x_T, and the NFE the score wrapper counted, for dopri5 and bosh3 (default variable log-SNR, and dopri5 in t; all
+with the default predictive step-size cap) over a ladder of tolerances (rtol = atol), beside our `scipy` solver
+(RK45, rtol = atol = 1e-5). The issue's target: reach scipy's accuracy with at most half its NFE. "best" is the
+cheapest of our runs at least as accurate as scipy's.
 
 SDE: sliced Wasserstein-2 (128 fixed directions) between the samples at t_min and fresh draws of the exact law
 there, averaged over chunks (mean +- standard error), beside the floor two exact samples of the chunk size reach,
 for adaptive_sde at several rtol (atol = 0.0078) and 1000-step Euler-Maruyama on the uniform and EDM grids. The
-target: the sliced-W2 of 1000-step EM with at most a third of its NFE; "matches" means within 2 standard errors.
+target: the sliced-W2 of 1000-step EM with at most a third of its NFE; an adaptive run "matches" an EM run when it
+is no worse on both measures below, up to 2 standard errors of the difference.
 On mixtures the sliced W2 of finite samples is dominated by the multinomial noise of the component weights, so it
 resolves little beyond "at the floor". Beside it: the gap in mean exact log-density, E_solver[log p] - E_exact[log p]
-under the law at t_min (+- standard error), a low-noise diagnostic that turns negative when components are blurred
-or shifted (not a divergence: a sampler that sharpened the components would score above zero).
+under the law at t_min (+- standard error), a low-noise diagnostic: negative when components are blurred or
+shifted, positive when samples crowd into the modes (too little spread); zero for an exact sampler.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/adaptive_vs_scipy.py [--ode-samples 256]
         [--sde-samples N (default 64000 in 2-D, 16000 in 32-D)] [--chunks 8] [--skip-sde] [--plot PATH]
@@ -74,7 +76,7 @@ def ode_table(n_samples: int) -> list[dict]:
                     runs.append(dict(label=label, tol=tol, nfe=r.nfe, error=error))
                     print(f"{label:14s} {tol:8.0e} {r.nfe:6d} {r.stats['accepted_steps']:8d} {r.stats['rejected_steps']:8d} "
                           f"{error:10.2e} {r.nfe / base.nfe:11.2f}")
-            ours = [run for run in runs if run["label"] != "dopri5 in t" and run["error"] <= base_error]
+            ours = [run for run in runs if run["error"] <= base_error]
             best = min(ours, key=lambda run: run["nfe"]) if ours else None
             verdict = (f"best: {best['label']} at tol {best['tol']:.0e}, NFE {best['nfe']} = {best['nfe'] / base.nfe:.2f} x scipy "
                        f"-> target (<= 0.5) {'met' if best['nfe'] <= 0.5 * base.nfe else 'NOT met'}") if best else "no run reached scipy's accuracy"
@@ -95,6 +97,14 @@ def log_density_gap(x: torch.Tensor, law, exact: torch.Tensor) -> tuple[float, f
 def chunked_sw2(x: torch.Tensor, draw, chunks: int, directions, g) -> tuple[float, float]:
     values = torch.tensor([sliced_wasserstein(c, draw(len(c), g), directions) for c in x.split(len(x) // chunks)][:chunks])
     return float(values.mean()), float(values.std() / chunks**0.5)
+
+
+def matches(run: dict, em: dict) -> bool:
+    """As good as `em` on both measures, up to 2 standard errors of the difference: sliced W2 no larger, and the
+    log-density gap no farther from zero (neither more blurred nor more concentrated than the exact law)."""
+    sw2_se = (run["sw2"][1] ** 2 + em["sw2"][1] ** 2) ** 0.5
+    gap_se = (run["log_p_gap"][1] ** 2 + em["log_p_gap"][1] ** 2) ** 0.5
+    return run["sw2"][0] <= em["sw2"][0] + 2 * sw2_se and abs(run["log_p_gap"][0]) <= abs(em["log_p_gap"][0]) + 2 * gap_se
 
 
 def sde_table(n_samples: int | None, chunks: int) -> list[dict]:
@@ -126,15 +136,15 @@ def sde_table(n_samples: int | None, chunks: int) -> list[dict]:
                 runs.append(dict(label=label, nfe=r.nfe, sw2=value, log_p_gap=gap))
                 print(f"{label:28s} {r.nfe:6d} {value[0]:10.4f} +- {value[1]:.4f} {gap[0]:+10.4f} +- {gap[1]:.4f} "
                       f"{time.time() - start:8.1f}")
-            em = min((run for run in runs if run["label"].startswith("euler")), key=lambda run: run["sw2"][0])
-            matching = [run for run in runs if run["label"].startswith("adaptive")
-                        and run["sw2"][0] <= em["sw2"][0] + 2 * (em["sw2"][1] ** 2 + run["sw2"][1] ** 2) ** 0.5]
-            best = min(matching, key=lambda run: run["nfe"]) if matching else None
-            verdict = (f"best EM: {em['label']}; cheapest adaptive matching it: {best['label']}, NFE {best['nfe']} = "
-                       f"{best['nfe'] / em['nfe']:.2f} x EM -> target (<= 1/3) {'met' if 3 * best['nfe'] <= em['nfe'] else 'NOT met'}"
-                       if best else f"best EM: {em['label']}; no adaptive run matched it")
-            print(verdict)
-            rows.append(dict(target=target_name, sde=sde_name, floor=floor, runs=runs, best=best, em=em))
+            verdicts = []
+            for em in (run for run in runs if run["label"].startswith("euler")):
+                matching = [run for run in runs if run["label"].startswith("adaptive") and matches(run, em)]
+                best = min(matching, key=lambda run: run["nfe"]) if matching else None
+                verdicts.append(dict(em=em["label"], best=best["label"] if best else None, ratio=best["nfe"] / em["nfe"] if best else None))
+                print(f"vs {em['label']}: " + (
+                    f"cheapest adaptive matching it: {best['label']}, NFE {best['nfe']} = {best['nfe'] / em['nfe']:.2f} x EM "
+                    f"-> target (<= 1/3) {'met' if 3 * best['nfe'] <= em['nfe'] else 'NOT met'}" if best else "no adaptive run matched it"))
+            rows.append(dict(target=target_name, sde=sde_name, floor=floor, runs=runs, verdicts=verdicts))
     return rows
 
 
@@ -144,8 +154,8 @@ def plot(ode_rows, sde_rows, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = len(ode_rows) + len(sde_rows)
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), squeeze=False)
+    rows, cols = (2 if sde_rows else 1), max(len(ode_rows), len(sde_rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     for ax, row in zip(axes[0], ode_rows):
         for label in dict.fromkeys(run["label"] for run in row["runs"]):
             runs = [run for run in row["runs"] if run["label"] == label]
@@ -153,7 +163,7 @@ def plot(ode_rows, sde_rows, path: str) -> None:
         ax.loglog([row["scipy_nfe"]], [row["scipy_error"]], "k*", ms=10, label="scipy RK45 1e-5")
         ax.set(title=f"ODE {row['target']} {row['sde']}", xlabel="NFE", ylabel="relative error")
         ax.legend(fontsize=7)
-    for ax, row in zip(axes[0][len(ode_rows):], sde_rows):
+    for ax, row in zip(axes[-1], sde_rows):
         for run in row["runs"]:
             marker = "s" if run["label"].startswith("euler") else "o"
             ax.errorbar(run["nfe"], run["sw2"][0], yerr=run["sw2"][1], fmt=marker, ms=4, label=run["label"])
