@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 import sde_diffusion as sd  # noqa: E402
 from sde_diffusion.metrics import random_projections, sliced_wasserstein  # noqa: E402
-from sde_diffusion.arena.problems import get_problem, get_sde
-from sde_diffusion.arena.run import relative_error
+from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
+from sde_diffusion.metrics import relative_error  # noqa: E402
 
 ODE_RUNS = (  # (label, solver, options, tolerances)
     ("dopri5", "dopri5", {}, (1e-3, 3e-4, 1e-4, 5e-5, 3e-5, 2e-5, 1e-5, 5e-6, 3e-6, 1e-6)),

@@ -121,3 +121,15 @@ def two_sample_floor(
     """Mean and standard error over `repeats` of `metric` between two independent samples of size n from `draw`."""
     values = torch.tensor([metric(draw(n, generator), draw(n, generator)) for _ in range(repeats)], dtype=torch.float64)
     return float(values.mean()), float(values.std() / repeats**0.5) if repeats > 1 else 0.0
+
+
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """||x - x_ref|| / ||x_ref|| over the whole batch (the relative RMS distance)."""
+    return float((x.to(reference.dtype) - reference).norm() / reference.norm())
+
+
+def median_relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """median_i ||x_i - x_ref,i|| / sqrt(mean_i ||x_ref,i||^2): the same scale as `relative_error`, but a few samples
+    that end in another mixture component (near a decision boundary, a small error sends one there) do not set it."""
+    per_sample = (x.to(reference.dtype) - reference).reshape(len(x), -1).norm(dim=1)
+    return float(per_sample.median() / reference.reshape(len(x), -1).pow(2).sum(1).mean().sqrt())

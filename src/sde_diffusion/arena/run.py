@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import metrics
+from ..metrics import median_relative_error, relative_error
 from ..solvers import get as get_solver
 from .contestants import Contestant, LineUp, Setting, default_contestants, select
 from .measure import peak_memory, wall_time
@@ -205,18 +206,6 @@ def mmd_bandwidths(problem: Problem, n: int = 1000) -> tuple[float, ...]:
     x = problem.data.sample(n, torch.Generator().manual_seed(_stable_seed("bandwidth", problem.name)))
     median = float(torch.cdist(x, x).flatten().median())
     return tuple(median * s for s in (0.5, 1.0, 2.0))
-
-
-def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
-    """||x - x_ref|| / ||x_ref|| over the whole batch (the relative RMS distance)."""
-    return float((x.to(reference.dtype) - reference).norm() / reference.norm())
-
-
-def median_relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
-    """median_i ||x_i - x_ref,i|| / sqrt(mean_i ||x_ref,i||^2): the same scale as `relative_error`, but a few samples
-    that end in another mixture component (near a decision boundary, a small error sends one there) do not set it."""
-    per_sample = (x.to(reference.dtype) - reference).reshape(len(x), -1).norm(dim=1)
-    return float(per_sample.median() / reference.reshape(len(x), -1).pow(2).sum(1).mean().sqrt())
 
 
 def _record(case: Case, c: Contestant, setting: Setting, seed: int, **values) -> Record:
