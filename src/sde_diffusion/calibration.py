@@ -1,0 +1,161 @@
+"""Time grids calibrated to one solver and one model: the interior times that make a few-step solve match an
+accurate one.
+
+The error of a deterministic solver at 10-20 steps is set mostly by where its steps fall, and the best places depend
+on the model, the SDE and the solver (a fixed family such as EDM's rho or uniform log-SNR is best for none of them).
+In the manner of LD3 (Tong et al. 2025, "Learning to Discretize Denoising Diffusion ODEs", ICLR), the grid is fitted
+on a pilot batch drawn from the prior: with x_ref the output of an accurate solve (the teacher) and x(tau) the
+solver's output on the grid tau, both from the same x_T,
+
+    tau* = argmin_tau ||x(tau) - x_ref|| / ||x_ref||        (relative RMS over the pilot batch).
+
+The grid is parameterised by its log-SNR increments, lambda_i = lambda(T) + (lambda(t_min) - lambda(T)) *
+sum_{j <= i} w_j / sum_j w_j with w_j = exp(theta_j), so every theta is a strictly decreasing grid with the given end
+points; theta is searched by Powell's derivative-free method (scipy) from the log-SNR and the EDM (rho = 7) grids,
+and the better result is kept. Unlike LD3 nothing is back-propagated through the solver, so any registered
+deterministic solver and any model can be calibrated; the price is more solves of the pilot batch (each search is
+capped by `max_evaluations`). The calibration is a one-time cost per (model, solver, steps): its score evaluations
+are reported in `Calibration.nfe`, apart from the NFE of sampling with the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.optimize
+import torch
+
+from .metrics import relative_error
+from .sampling import as_score_model, sample
+from .score import ScoreModel
+from .sde import SDE, LinearSDE
+from .solvers import NonFiniteError, Solver, get
+from .solvers.grids import get_grid
+
+INITIAL_GRIDS = ("log_snr", "edm")
+
+
+@dataclass
+class Calibration:
+    """A calibrated grid and what it cost. Sample with it by `sample(..., grid=calibration.times)`."""
+
+    times: torch.Tensor
+    """The calibrated grid: steps + 1 decreasing times from T to t_min, float64."""
+    error: float
+    """Relative RMS error ||x - x_ref|| / ||x_ref|| of the solver on this grid over the pilot batch."""
+    initial_errors: dict[str, float] = field(default_factory=dict)
+    """The same error on each initial grid (keyed by grid name)."""
+    evaluations: int = 0
+    """Pilot-batch solves the search made."""
+    nfe: int = 0
+    """Score evaluations the calibration spent (the teacher's included), each on the whole pilot batch."""
+
+
+def log_snr_grid(sde: LinearSDE, theta: np.ndarray, t_min: float, t_max: float) -> torch.Tensor:
+    """The grid whose log-SNR increments are proportional to exp(theta), from t_max to t_min (float64)."""
+    lam_start = float(sde.log_snr(torch.tensor(t_max, dtype=torch.float64)))
+    lam_end = float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))
+    w = np.exp(np.maximum(theta - theta.max(), -20.0))  # floors a vanishing step at e^-20 of the largest
+    fractions = np.concatenate([[0.0], np.cumsum(w) / w.sum()])
+    times = sde.t_of_log_snr(torch.tensor(lam_start + (lam_end - lam_start) * fractions, dtype=torch.float64))
+    times = times.to(torch.float64)
+    times[0], times[-1] = t_max, t_min
+    return times
+
+
+def log_snr_increments(sde: LinearSDE, times: torch.Tensor) -> np.ndarray:
+    """theta with `log_snr_grid(sde, theta, ...) == times`: the logarithms of the grid's log-SNR increments."""
+    return np.log(np.diff(sde.log_snr(times.to(torch.float64)).numpy()))
+
+
+def calibrate_grid(
+    sde: SDE,
+    score: ScoreModel | Callable,
+    solver: str | Solver,
+    steps: int,
+    *,
+    shape: Sequence[int] | None = None,
+    x_T: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    denoise: bool = True,
+    initial_grids: Sequence[str] = INITIAL_GRIDS,
+    max_evaluations: int = 1500,
+    reference_tol: float = 1e-9,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    **solver_options,
+) -> Calibration:
+    """Fit the `steps + 1` times of `solver` on `score` to an accurate solve of the probability flow (see the module).
+
+    The pilot batch is `x_T`, or `shape` draws from the prior (with `generator`). `reference` is the teacher's
+    output for that batch (denoised if `denoise`); by default scipy's DOP853 at rtol = atol = `reference_tol`
+    computes it, followed by Tweedie's denoising when `denoise`. `denoise` must match how you will sample
+    (`sample(..., denoise=...)`). Each initial grid starts one Powell search of at most `max_evaluations` solves.
+    """
+    model = as_score_model(sde, score)
+    engine = get(solver, **solver_options)
+    if not isinstance(sde, LinearSDE):
+        raise ValueError(f"calibrating a grid needs a LinearSDE (the grid is parameterised in log-SNR); got {type(sde).__name__}")
+    if engine.stochastic:
+        raise ValueError(f"{engine.name!r} is stochastic: a calibrated grid fits a deterministic solver's map x_T -> x_0")
+    if engine.adaptive:
+        raise ValueError(f"{engine.name!r} chooses its own steps: there is no grid to calibrate")
+    if not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2 (one step has no interior time to place); got {steps!r}")
+    if max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be positive; got {max_evaluations}")
+    if (shape is None) == (x_T is None):
+        raise ValueError("give exactly one of shape (to draw the pilot batch from the prior) or x_T")
+    if reference is not None and x_T is None:
+        raise ValueError("a reference needs the x_T it was computed from")
+    if x_T is None:
+        x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
+    t_min = sde.default_t_min if t_min is None else float(t_min)
+    t_max = sde.T if t_max is None else float(t_max)
+    nfe_start = model.nfe
+    if reference is None:
+        reference = _teacher(sde, model, x_T, t_min, t_max, denoise, reference_tol)
+    elif reference.shape != x_T.shape:
+        raise ValueError(f"reference must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(reference.shape)}")
+
+    evaluations = 0
+
+    def pilot_error(times: torch.Tensor) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        if not (times[1:] < times[:-1]).all() or not (times.to(x_T.dtype)[1:] < times.to(x_T.dtype)[:-1]).all():
+            return math.inf  # steps below the floating-point resolution: no grid
+        try:
+            x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
+        except NonFiniteError:
+            return math.inf
+        return relative_error(x, reference)
+
+    best_times, best_error, initial_errors = None, math.inf, {}
+    for name in initial_grids:
+        start = get_grid(name)(sde, steps, t_min, t_max)
+        initial_errors[name] = pilot_error(start)
+        search = scipy.optimize.minimize(
+            lambda theta: pilot_error(log_snr_grid(sde, theta, t_min, t_max)),
+            log_snr_increments(sde, start), method="Powell",
+            options=dict(maxfev=max_evaluations, xtol=1e-3, ftol=1e-4),
+        )
+        for times, error in ((start, initial_errors[name]), (log_snr_grid(sde, search.x, t_min, t_max), search.fun)):
+            if error < best_error:
+                best_times, best_error = times, float(error)
+    if best_times is None:
+        raise NonFiniteError(f"{engine.name!r} diverged on every grid tried; check the model and the solver's options")
+    return Calibration(best_times, best_error, initial_errors, evaluations, model.nfe - nfe_start)
+
+
+def _teacher(sde, model, x_T, t_min, t_max, denoise, tol) -> torch.Tensor:
+    teacher = get("scipy", method="DOP853", rtol=tol, atol=tol)
+    times = torch.tensor([t_max, t_min], dtype=x_T.dtype, device=x_T.device)
+    x = teacher.solve(model, x_T, times).x
+    return model.x0(x, t_min) if denoise else x
