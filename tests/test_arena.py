@@ -17,7 +17,7 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion import arena
-from sde_diffusion.arena.contestants import Diffusers, Ours, Setting
+from sde_diffusion.arena.contestants import Calibrated, Diffusers, Ours, Setting
 from sde_diffusion.arena.run import Case
 
 F64 = torch.float64
@@ -56,7 +56,7 @@ def test_nfe_is_what_the_network_saw():
     config = tiny(seeds=1, samples=8, budgets=(5, 10, 40))  # torchsde's srk needs 10 NFE a step
     case = Case(counting_ring(), "edm", config)
     case.seeds = [case.prepare(0)]
-    lineup = arena.default_contestants(peers=True)
+    lineup = arena.default_contestants(peers=True, calibrated=False)  # calibrated grids: test_calibrated_rows_...
     assert len(lineup.contestants) >= len(sd.solvers.names()) - 2  # registry-driven: every solver takes part
     for c in lineup.contestants:
         settings = c.plan(case.sde, case.model, case.seeds[0].x_T[:2], case.t_min, config.budgets, config.tolerances)
@@ -68,6 +68,27 @@ def test_nfe_is_what_the_network_saw():
             assert x.shape == case.seeds[0].x_T.shape
             if setting.budget is not None and c.family != "torchsde":  # torchsde's extra step is caught by run_seeds
                 assert record.nfe <= setting.budget, (c.label, setting, record.nfe)
+
+
+def test_calibrated_rows_charge_sampling_and_keep_the_calibration_apart():
+    """A calibrated grid is fitted once per step count through its own wrapper; the row's NFE is then exactly what
+    the network saw while sampling on it, and a second run with the same steps reuses the grid."""
+    config = tiny(seeds=1, samples=8, budgets=(10, 40))
+    case = Case(counting_ring(), "edm", config)
+    case.seeds = [case.prepare(0)]
+    c = Calibrated("unipc@calibrated", "unipc", pilot=16, max_evaluations=20, max_budget=10)
+    settings = c.plan(case.sde, case.model, case.seeds[0].x_T[:2], case.t_min, config.budgets, config.tolerances)
+    assert [s.budget for s in settings] == [10]  # the budget of 40 is over max_budget
+    steps = settings[0].steps
+    before, wrapper_before = CountingMixture.calls, case.model.nfe
+    c.grid(case.sde, case.model, case.t_min, steps, case.seeds[0].x_T)
+    assert c.calibration_nfe[steps] == CountingMixture.calls - before > 0 and case.model.nfe == wrapper_before
+    for _ in range(2):
+        before, wrapper_before = CountingMixture.calls, case.model.nfe
+        record, _ = arena.run.run_setting(case, c, settings[0], case.seeds[0])
+        assert record.nfe == CountingMixture.calls - before == case.model.nfe - wrapper_before == 10
+    with pytest.raises(ValueError, match="stochastic"):
+        Calibrated("em@calibrated", "euler_maruyama")
 
 
 def test_budgets_are_met_and_reported():

@@ -10,7 +10,7 @@ frontier and charts; `overhead` the per-step cost of the solvers beyond the netw
 peak memory. `benchmarks/arena.py` is the command line.
 """
 
-from .contestants import Contestant, Diffusers, LineUp, Ours, Setting, default_contestants, discrete_table, exact_eps, select
+from .contestants import Calibrated, Contestant, Diffusers, LineUp, Ours, Setting, default_contestants, discrete_table, exact_eps, select
 from .measure import PeakTensorMemory, peak_memory, wall_time
 from .overhead import MLPNoise, measure_overhead, overhead_markdown
 from .problems import PROBLEMS, SDES, Problem, get_problem, get_sde
@@ -19,7 +19,7 @@ from .run import BUDGETS, ArenaConfig, ArenaResult, Case, Record, run_arena, run
 
 __all__ = [
     "ArenaConfig", "ArenaResult", "BUDGETS", "Case", "Contestant", "Diffusers", "LineUp", "MLPNoise", "Ours",
-    "PROBLEMS", "PeakTensorMemory", "Problem", "Record", "SDES", "Setting", "default_contestants", "discrete_table",
+    "Calibrated", "PROBLEMS", "PeakTensorMemory", "Problem", "Record", "SDES", "Setting", "default_contestants", "discrete_table",
     "exact_eps", "frontier", "get_problem", "get_sde", "measure_overhead", "overhead_markdown", "peak_memory",
     "run_arena", "run_case", "run_one", "select", "summarize", "wall_time", "write_report",
 ]

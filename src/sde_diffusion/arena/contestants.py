@@ -18,12 +18,14 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .. import solvers as solver_registry
+from ..calibration import calibrate_grid
 from ..sampling import sample
 from ..score import ScoreModel
 from ..sde import LinearSDE
@@ -131,6 +133,54 @@ class Ours(Contestant):
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.name}({opts})" + (f" on the {self.grid} grid" if self.grid else "")
+
+
+class Calibrated(Contestant):
+    """A registered deterministic solver on a grid calibrated to the case's model for each step count
+    (`sde_diffusion.calibration.calibrate_grid`), fitted on `pilot` prior draws that share nothing with the arena's
+    seeds (their own generator), against DOP853 at 1e-9.
+
+    The calibration is a one-time cost per (model, steps), made through a second wrapper of the same network, so a
+    row's NFE is what sampling on the grid costs, as for any other grid; what the calibrations spent is kept in
+    `calibration_nfe` (score evaluations on the whole pilot batch). Budgets above `max_budget` are not run: the
+    search grows with the number of interior times.
+    """
+
+    def __init__(self, label: str, name: str, options: dict[str, Any] | None = None, pilot: int = 512,
+                 max_evaluations: int = 1500, max_budget: int = 20):
+        self.label, self.name, self.options = label, name, dict(options or {})
+        self.inner = Ours(label, name, options)
+        if self.inner.stochastic:
+            raise ValueError(f"{name!r} is stochastic: only deterministic solvers have a calibrated grid")
+        self.pilot, self.max_evaluations, self.max_budget = pilot, max_evaluations, max_budget
+        self.grids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.calibration_nfe: dict[int, int] = {}
+
+    def plan(self, sde, model, x_probe, t_min, budgets, tolerances):
+        """The inner solver's plan (its cost per step does not depend on the grid), up to `max_budget`."""
+        return self.inner.plan(sde, model, x_probe, t_min, [b for b in budgets if b <= self.max_budget], tolerances)
+
+    def grid(self, sde: LinearSDE, model: ScoreModel, t_min: float, steps: int, like: torch.Tensor) -> torch.Tensor:
+        grids = self.grids.setdefault(model, {})
+        if steps not in grids:
+            g = torch.Generator(device=like.device).manual_seed(20261130 + steps)
+            calibration = calibrate_grid(
+                sde, ScoreModel(model.network, sde, model.prediction), self.name, steps, t_min=t_min,
+                shape=(self.pilot, *like.shape[1:]), generator=g, dtype=like.dtype, device=like.device,
+                max_evaluations=self.max_evaluations, **self.options,
+            )
+            grids[steps] = calibration.times
+            self.calibration_nfe[steps] = calibration.nfe
+        return grids[steps]
+
+    def solve(self, sde, model, x_T, t_min, setting, generator):
+        times = self.grid(sde, model, t_min, setting.steps, x_T)
+        return sample(sde, model, self.name, x_T=x_T, grid=times, denoise=True, generator=generator, **self.options).x
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return (f"{self.name}({opts}) on a grid calibrated per step count ({self.pilot} pilot draws, "
+                f"<= {self.max_evaluations} solves per initial grid)")
 
 
 # -- diffusers' schedulers, driven with the exact model ----------------------------------------------------------
@@ -256,6 +306,11 @@ VARIANTS: list[tuple[str, str, dict, str | None]] = [
     ("edm_heun(S_churn=40)", "edm_heun", {"S_churn": 40.0}, None),
 ]
 
+CALIBRATED: list[tuple[str, str, dict]] = [
+    # (label, registered name, options): solvers that also run on a grid calibrated to the case's model
+    ("unipc@calibrated", "unipc", {}),
+]
+
 LIBRARY_PEERS: list[tuple[str, str, dict, str | None, str]] = [
     # (label, registered name, options, grid, library)
     ("torchsde:euler", "torchsde", {"method": "euler"}, None, "torchsde"),
@@ -292,14 +347,17 @@ class LineUp:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def default_contestants(peers: bool = True) -> LineUp:
+def default_contestants(peers: bool = True, calibrated: bool = True) -> LineUp:
     """Every registered solver with its defaults (new solvers join without code changes), the variants above whose
-    solver is registered, and, with `peers`, torchsde, scipy and diffusers (skipped with a reason if not installed)."""
+    solver is registered, with `calibrated` the solvers on calibrated grids, and, with `peers`, torchsde, scipy and
+    diffusers (skipped with a reason if not installed)."""
     names = solver_registry.names()
     contestants: list[Contestant] = [Ours(name, name) for name in names if name not in PEER_SOLVERS]
     for label, name, options, grid in VARIANTS:
         if name in names and _accepts(name, options):
             contestants.append(Ours(label, name, options, grid))
+    if calibrated:
+        contestants += [Calibrated(label, name, options) for label, name, options in CALIBRATED if name in names]
     skipped = []
     if peers:
         for label, name, options, grid, library in LIBRARY_PEERS:

@@ -63,6 +63,8 @@ class ArenaConfig:
     """A deterministic contestant stops raising its budget once its mean trajectory error is below this (its
     distribution error is then the exact PF-ODE's: further rows would repeat it)."""
     peers: bool = True
+    calibrated: bool = True
+    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`; each calibration takes 10 s to 2 min)."""
     solvers: tuple[str, ...] | None = None
     """Labels of the contestants to keep (an entry ending in '*' matches a prefix); None: all."""
     memory: bool = True
@@ -377,7 +379,7 @@ class ArenaResult:
 
 def run_arena(config: ArenaConfig, lineup: LineUp | None = None, log: Callable[[str], None] = print) -> ArenaResult:
     """Run every case of `config`; with `config.jobs > 1` the cases are spread over worker processes."""
-    lineup = select(lineup or default_contestants(config.peers), config.solvers)
+    lineup = select(lineup or default_contestants(config.peers, config.calibrated), config.solvers)
     for label, reason in lineup.skipped:
         log(f"skipping {label}: {reason}")
     start = time.perf_counter()
