@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.calibration import calibrate_grid, log_snr_grid, log_snr_increments
+from sde_diffusion.calibration import calibrate_grid, log_snr_grid, log_snr_increments, trimmed_relative_error
 from sde_diffusion.metrics import relative_error
 from tests.helpers import reference_solution
 
@@ -64,6 +64,15 @@ def test_log_snr_parameterisation_round_trips(ring):
     assert (extreme[1:] < extreme[:-1]).all()
 
 
+def test_trimmed_error_leaves_out_the_worst_samples():
+    reference = torch.ones(100, 3, dtype=torch.float64)
+    x = reference.clone()
+    x[:, 0] += 0.01
+    x[7] += 10.0  # one sample in another mode
+    assert trimmed_relative_error(x, reference, 0.0) == pytest.approx(relative_error(x, reference), rel=1e-12)
+    assert trimmed_relative_error(x, reference, 0.01) == pytest.approx(relative_error(x[torch.arange(100) != 7], reference[:99]) * (99 / 100) ** 0.5)
+
+
 def test_a_given_reference_is_used(ring):
     """With a teacher's output given, no teacher solve is made: all evaluations are the search's."""
     sde, model = ring
@@ -84,6 +93,7 @@ def test_a_given_reference_is_used(ring):
         (dict(reference=torch.zeros(4, 2)), "needs the x_T"),
         (dict(solver="unipcc"), "did you mean"),
         (dict(max_evaluations=0), "max_evaluations must be positive"),
+        (dict(trim=1.0), "trim is the fraction"),
     ],
 )
 def test_bad_input_is_refused(ring, kwargs, message):

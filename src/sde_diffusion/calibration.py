@@ -7,7 +7,12 @@ In the manner of LD3 (Tong et al. 2025, "Learning to Discretize Denoising Diffus
 on a pilot batch drawn from the prior: with x_ref the output of an accurate solve (the teacher) and x(tau) the
 solver's output on the grid tau, both from the same x_T,
 
-    tau* = argmin_tau ||x(tau) - x_ref|| / ||x_ref||        (relative RMS over the pilot batch).
+    tau* = argmin_tau ||x(tau) - x_ref|| / ||x_ref||        (relative RMS over the pilot batch),
+
+leaving out of the numerator the fraction `trim` (default 1%) of pilot samples with the largest errors: a pilot
+trajectory that runs along a decision boundary between modes ends in either mode on a small change of the grid, and
+would otherwise set the whole fit (measured on the arena's 32-D mixture at 20 NFE: without trimming, one of two
+pilot batches gave a grid 5x worse on fresh samples than the other; with it, both within 10%).
 
 The grid is parameterised by its log-SNR increments, lambda_i = lambda(T) + (lambda(t_min) - lambda(T)) *
 sum_{j <= i} w_j / sum_j w_j with w_j = exp(theta_j), so every theta is a strictly decreasing grid with the given end
@@ -28,7 +33,6 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from .metrics import relative_error
 from .sampling import as_score_model, sample
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
@@ -45,13 +49,20 @@ class Calibration:
     times: torch.Tensor
     """The calibrated grid: steps + 1 decreasing times from T to t_min, float64."""
     error: float
-    """Relative RMS error ||x - x_ref|| / ||x_ref|| of the solver on this grid over the pilot batch."""
+    """The objective on this grid: relative RMS error ||x - x_ref|| / ||x_ref|| over the pilot batch, trimmed."""
     initial_errors: dict[str, float] = field(default_factory=dict)
     """The same error on each initial grid (keyed by grid name)."""
     evaluations: int = 0
     """Pilot-batch solves the search made."""
     nfe: int = 0
     """Score evaluations the calibration spent (the teacher's included), each on the whole pilot batch."""
+
+
+def trimmed_relative_error(x: torch.Tensor, reference: torch.Tensor, trim: float) -> float:
+    """sqrt(sum of the smallest (1 - trim) n of ||x_i - x_ref,i||^2) / ||x_ref||; `relative_error` when trim = 0."""
+    squared = (x.to(reference.dtype) - reference).reshape(len(x), -1).pow(2).sum(1).sort().values
+    kept = squared[: max(1, math.ceil(len(squared) * (1 - trim)))]
+    return float(kept.sum().sqrt() / reference.norm())
 
 
 def log_snr_grid(sde: LinearSDE, theta: np.ndarray, t_min: float, t_max: float) -> torch.Tensor:
@@ -85,6 +96,7 @@ def calibrate_grid(
     denoise: bool = True,
     initial_grids: Sequence[str] = INITIAL_GRIDS,
     max_evaluations: int = 1500,
+    trim: float = 0.01,
     reference_tol: float = 1e-9,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -108,6 +120,8 @@ def calibrate_grid(
         raise ValueError(f"{engine.name!r} chooses its own steps: there is no grid to calibrate")
     if not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (one step has no interior time to place); got {steps!r}")
+    if not 0 <= trim < 1:
+        raise ValueError(f"trim is the fraction of pilot samples left out, in [0, 1); got {trim}")
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be positive; got {max_evaluations}")
     if (shape is None) == (x_T is None):
@@ -135,7 +149,7 @@ def calibrate_grid(
             x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
         except NonFiniteError:
             return math.inf
-        return relative_error(x, reference)
+        return trimmed_relative_error(x, reference, trim)
 
     best_times, best_error, initial_errors = None, math.inf, {}
     for name in initial_grids:
