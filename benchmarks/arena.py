@@ -36,7 +36,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--solvers", nargs="+", help="contestant labels to keep ('prefix*' matches a prefix)")
     p.add_argument("--stop-below", type=float, help="deterministic solvers stop raising the budget below this trajectory error (0: never)")
     p.add_argument("--no-peers", action="store_true", help="leave out diffusers, torchsde and scipy")
-    p.add_argument("--no-calibrated", action="store_true", help="leave out the solvers on calibrated grids")
+    p.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the solvers on calibrated grids (default: yes, but not with --quick)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--jobs", type=int, default=arena.run.default_jobs(), help="worker processes (default: OMP_NUM_THREADS or the CPU count)")
     p.add_argument("--overhead-batches", nargs="*", type=int, help="batch sizes of the overhead measurement (none: skip it)")
@@ -52,7 +53,9 @@ def main(argv=None) -> arena.ArenaResult:
         budgets=tuple(args.budgets) if args.budgets else None, seeds=args.seeds, samples=args.samples,
         solvers=tuple(args.solvers) if args.solvers else None, stop_below=args.stop_below,
     ).items() if v is not None}
-    overrides.update(peers=not args.no_peers, calibrated=not args.no_calibrated, memory=not args.no_memory, jobs=args.jobs)
+    if args.calibrated is not None:
+        overrides["calibrated"] = args.calibrated
+    overrides.update(peers=not args.no_peers, memory=not args.no_memory, jobs=args.jobs)
     config = arena.ArenaConfig.quick(**overrides) if args.quick else arena.ArenaConfig.full(**overrides)
     lineup = arena.select(arena.default_contestants(config.peers, config.calibrated), config.solvers)
     if args.list:

@@ -208,3 +208,19 @@ def test_diffusers_euler_reproduces_ours_on_the_same_grid():
     theirs = peer.solve(sde, model, x_T, sde.default_t_min, Setting(steps=10), None)
     ours = sd.sample(sde, model, "euler", x_T=x_T, steps=9, grid="edm", denoise=True).x  # 9 steps + denoise = 10 NFE
     assert float((theirs - ours).norm() / ours.norm()) < 1e-5  # diffusers steps in float32
+
+
+@pytest.mark.parametrize("name", ["full", "quick"])
+def test_config_files_are_the_python_configurations(name):
+    """conf/arena/{full,quick}.yaml instantiate to ArenaConfig.full() / .quick(), field for field."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    path = Path(arena.__file__).parents[1] / "conf" / "arena" / f"{name}.yaml"
+    loaded = instantiate(OmegaConf.load(path), _convert_="all")
+    expected = getattr(arena.ArenaConfig, name)()
+    for field in expected.__dataclass_fields__:
+        value, want = getattr(loaded, field), getattr(expected, field)
+        assert (tuple(value) if isinstance(value, list) else value) == want, field

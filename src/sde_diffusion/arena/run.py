@@ -64,7 +64,8 @@ class ArenaConfig:
     distribution error is then the exact PF-ODE's: further rows would repeat it)."""
     peers: bool = True
     calibrated: bool = True
-    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`; each calibration takes 10 s to 2 min)."""
+    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per case and budget up to
+    20 NFE, 5-45 s each on one core (off in `quick()`)."""
     solvers: tuple[str, ...] | None = None
     """Labels of the contestants to keep (an entry ending in '*' matches a prefix); None: all."""
     memory: bool = True
@@ -79,7 +80,7 @@ class ArenaConfig:
     @classmethod
     def quick(cls, **overrides) -> "ArenaConfig":
         base = dict(problems=("ring-2d", "gmm-32d"), sdes=("edm", "vp"), budgets=(5, 10, 20, 50, 100), seeds=2,
-                    samples=256, tolerances=(1e-2, 1e-3, 1e-4))
+                    samples=256, tolerances=(1e-2, 1e-3, 1e-4), calibrated=False)
         return cls(**{**base, **overrides})
 
     def __post_init__(self):
