@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import pickle
 import sys
 
 import pytest
@@ -87,6 +88,7 @@ def test_calibrated_rows_charge_sampling_and_keep_the_calibration_apart():
         before, wrapper_before = CountingMixture.calls, case.model.nfe
         record, _ = arena.run.run_setting(case, c, settings[0], case.seeds[0])
         assert record.nfe == CountingMixture.calls - before == case.model.nfe - wrapper_before == 10
+    assert pickle.loads(pickle.dumps(c)).label == c.label  # worker processes receive the contestants pickled
     with pytest.raises(ValueError, match="stochastic"):
         Calibrated("em@calibrated", "euler_maruyama")
 

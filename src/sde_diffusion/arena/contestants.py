@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,15 +154,18 @@ class Calibrated(Contestant):
         if self.inner.stochastic:
             raise ValueError(f"{name!r} is stochastic: only deterministic solvers have a calibrated grid")
         self.pilot, self.max_evaluations, self.max_budget = pilot, max_evaluations, max_budget
-        self.grids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.grids: dict[int, tuple[ScoreModel, dict[int, torch.Tensor]]] = {}  # id(model) -> (model, {steps: times})
         self.calibration_nfe: dict[int, int] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "grids": {}}  # the grids belong to this process's models
 
     def plan(self, sde, model, x_probe, t_min, budgets, tolerances):
         """The inner solver's plan (its cost per step does not depend on the grid), up to `max_budget`."""
         return self.inner.plan(sde, model, x_probe, t_min, [b for b in budgets if b <= self.max_budget], tolerances)
 
     def grid(self, sde: LinearSDE, model: ScoreModel, t_min: float, steps: int, like: torch.Tensor) -> torch.Tensor:
-        grids = self.grids.setdefault(model, {})
+        grids = self.grids.setdefault(id(model), (model, {}))[1]  # the model is kept, so its id is not reused
         if steps not in grids:
             g = torch.Generator(device=like.device).manual_seed(20261130 + steps)
             calibration = calibrate_grid(
