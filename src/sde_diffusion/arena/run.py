@@ -64,8 +64,8 @@ class ArenaConfig:
     distribution error is then the exact PF-ODE's: further rows would repeat it)."""
     peers: bool = True
     calibrated: bool = True
-    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per case and budget up to
-    20 NFE, 5-45 s each on one core (off in `quick()`)."""
+    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per EDM case and budget up
+    to 20 NFE, 20 s to 3 min each on one core (off in `quick()`)."""
     solvers: tuple[str, ...] | None = None
     """Labels of the contestants to keep (an entry ending in '*' matches a prefix); None: all."""
     memory: bool = True
@@ -344,7 +344,8 @@ def run_case(
         f"({case.seeds[0].reference_nfe} NFE per seed)")
     records = reference_records(case) if deterministic else []
     for c in contestants:
-        records.extend(run_contestant(case, c, log))
+        if c.sdes is None or sde in c.sdes:
+            records.extend(run_contestant(case, c, log))
     log(f"{case.name}: done in {time.perf_counter() - start:.0f}s")
     return records
 
