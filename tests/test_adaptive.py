@@ -50,9 +50,10 @@ def test_log_snr_variable_meets_tolerance_on_the_gaussian(sde_name):
 @pytest.mark.parametrize("ours, method", [("dopri5", "RK45"), ("bosh3", "RK23")])
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
 def test_in_t_it_is_scipys_solver_step_for_step(ours, method, sde_name):
-    # Same pair, initial step rule (Hairer's) and controller (without the predictive cap) as scipy's RK45 / RK23.
+    # Same pair, initial step rule (Hairer's) and controller (without the predictive cap, and without stretching
+    # the last step) as scipy's RK45 / RK23.
     sde, model, x_T, t_min, _ = problem("mixture", sde_name)
-    a = sd.sample(sde, model, ours, x_T=x_T, t_min=t_min, variable="t", predictive=False, rtol=1e-5, atol=1e-5)
+    a = sd.sample(sde, model, ours, x_T=x_T, t_min=t_min, variable="t", predictive=False, stretch=1.0, rtol=1e-5, atol=1e-5)
     b = sd.sample(sde, model, "scipy", x_T=x_T, t_min=t_min, method=method, rtol=1e-5, atol=1e-5)
     assert a.nfe == b.nfe and a.stats["accepted_steps"] == b.stats["accepted_steps"]
     assert rms(a.x, b.x) < 1e-12
@@ -243,3 +244,19 @@ def test_float32_end_to_end(solver, options):
     sde, mixture = SDES["ve"](), DATA["mixture"]()
     result = sd.sample(sde, mixture.score_model(sde), solver, shape=(32, 2), generator=torch.Generator().manual_seed(9), **options)
     assert result.x.dtype == torch.float32 and torch.isfinite(result.x).all()
+
+
+def test_a_sliver_of_a_last_step_is_stretched_away():
+    """On the arena's ring under EDM at 1e-5, the step before the last ends 0.2% of its size short of t_min: without
+    stretching, a whole step of 6 evaluations covers that sliver; with it (the default), the step reaches t_min."""
+    sde, mixture = sd.EDMSDE(), sd.GaussianMixture.ring()
+    model = mixture.score_model(sde)
+    x_T = mixture.marginal(sde, sde.T).sample(256, torch.Generator().manual_seed(1), dtype=torch.float64)
+    runs = {stretch: sd.sample(sde, model, "dopri5", x_T=x_T, rtol=1e-5, atol=1e-5, stretch=stretch, keep_trajectory=True)
+            for stretch in (1.0, 1.01)}
+    lam = sde.log_snr(runs[1.0].times)
+    assert (lam[-1] - lam[-2]) < 0.01 * (lam[-2] - lam[-3])  # the sliver
+    assert runs[1.01].nfe == runs[1.0].nfe - 6 and runs[1.01].stats["accepted_steps"] == runs[1.0].stats["accepted_steps"] - 1
+    assert torch.equal(runs[1.01].times[:-1], runs[1.0].times[:-2])
+    with pytest.raises(ValueError, match="stretch"):
+        sd.solvers.get("dopri5", stretch=0.9)
