@@ -255,3 +255,30 @@ def test_gather_command(main_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(tmp_path)])
     assert exit.value.code == 2 and "no metrics.json" in capsys.readouterr().err
+
+
+def test_a_calibrated_grid_is_fitted_before_sampling(main_run, tmp_path):
+    """`grid: calibrated` fits the grid to the run's model on pilot draws; the samples' NFE is that of the grid alone,
+    and metrics.json keeps the grid and what the calibration cost."""
+    run_dir, _ = main_run
+    cfg = cfg_of("~solver@solvers.pc", "~solver@solvers.pf_ode", "+solver@solvers.fast=unipc", "solvers.fast.steps=5",
+                 "solvers.fast.grid=calibrated", "sample.calibration.pilot=64", "sample.calibration.max_evaluations=30",
+                 "sample.n=100", "sample.progress=false", "evaluate.floor_repeats=2", "evaluate.ground_truth=false",
+                 "plots=false", f"sample.checkpoint={run_dir}")
+    fast = jobs.run_sample(cfg, tmp_path)["solvers"]["fast"]
+    assert fast["nfe"] == 5 + 1 and fast["grid"] == "calibrated"
+    calibration = json.loads((tmp_path / "metrics.json").read_text())["solvers"]["fast"]["calibration"]
+    times = calibration["times"]
+    assert len(times) == 6 and times == sorted(times, reverse=True) and calibration["nfe"] > calibration["evaluations"]
+    assert calibration["pilot_error"] <= min(calibration["initial_errors"].values())
+
+
+@pytest.mark.parametrize(
+    "solver, grid, message",
+    [("euler_maruyama", "calibrated", "needs a deterministic fixed-step solver; euler_maruyama is stochastic"),
+     ("dopri5", "calibrated", "dopri5 is adaptive"), ("unipc", "log_snrr", "did you mean 'log_snr'")],
+)
+def test_a_bad_grid_is_refused_before_training(solver, grid, message):
+    cfg = cfg_of(f"+solver@solvers.bad={solver}", f"solvers.bad.grid={grid}", *TINY)
+    with pytest.raises(ConfigError, match=message):
+        jobs.build(cfg)

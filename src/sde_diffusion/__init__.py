@@ -2,12 +2,14 @@
 
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `OUSDE`, `CosineVPSDE`, `EDMSDE`, or any `LinearSDE` built from
 its coefficients), the reverse SDE and probability flow, score models in any parameterisation, exact
-Gaussian-mixture ground truth, every solver behind one `sample` call, exact likelihoods (`likelihood`), and
+Gaussian-mixture ground truth, every solver behind one `sample` call, time grids calibrated to a solver and a
+model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
-from . import analytic, data, discrete, likelihood, metrics, networks, solvers, training
+from . import analytic, calibration, data, discrete, likelihood, metrics, networks, solvers, training
 from .analytic import GaussianMixture
+from .calibration import Calibration, calibrate_grid
 from .reverse import ReverseSDE
 from .sampling import sample
 from .score import PREDICTIONS, ScoreModel
@@ -19,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "analytic", "data", "discrete", "likelihood", "metrics", "networks", "solvers", "training",
+    "calibrate_grid", "Calibration", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks", "solvers", "training",
 ]

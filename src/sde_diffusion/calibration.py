@@ -100,7 +100,7 @@ def calibrate_grid(
     initial_grids: Sequence[str] = INITIAL_GRIDS,
     max_evaluations: int = 1500,
     trim: float = 0.0,
-    reference_tol: float = 1e-9,
+    reference_tol: float | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
@@ -110,7 +110,8 @@ def calibrate_grid(
 
     The pilot batch is `x_T`, or `shape` draws from the prior (with `generator`). `reference` is the teacher's
     output for that batch (denoised if `denoise`); by default scipy's DOP853 at rtol = atol = `reference_tol`
-    computes it, followed by Tweedie's denoising when `denoise`. `denoise` must match how you will sample
+    computes it (default 1e-9 in float64, 1e-6 in lower precisions, where the network's own rounding is larger),
+    followed by Tweedie's denoising when `denoise`. `denoise` must match how you will sample
     (`sample(..., denoise=...)`). Each initial grid starts one Powell search of at most `max_evaluations` solves.
     """
     model = as_score_model(sde, score)
@@ -137,6 +138,8 @@ def calibrate_grid(
     t_max = sde.T if t_max is None else float(t_max)
     nfe_start = model.nfe
     if reference is None:
+        if reference_tol is None:
+            reference_tol = 1e-9 if x_T.dtype == torch.float64 else 1e-6
         reference = _teacher(sde, model, x_T, t_min, t_max, denoise, reference_tol)
     elif reference.shape != x_T.shape:
         raise ValueError(f"reference must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(reference.shape)}")

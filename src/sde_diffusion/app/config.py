@@ -58,6 +58,16 @@ class TrainConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
+    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`."""
+
+    pilot: int = 1024
+    max_evaluations: int = 1500
+    trim: float = 0.0
+
+
+@dataclass
 class SampleConfig:
     """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
 
@@ -66,6 +76,7 @@ class SampleConfig:
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 @dataclass

@@ -19,15 +19,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import metrics as M
+from ..calibration import calibrate_grid
 from ..sampling import sample as draw_samples
 from ..score import ScoreModel
-from ..solvers import Solver
+from ..solvers import Solver, get_grid
 from ..training import CheckpointError, DSMLoss, Trainer, list_checkpoints, load_checkpoint
 from ..training.checkpoint import load_module_state
 from . import outputs
 from .config import SAMPLING_KEYS, ConfigError, validate
 
 log = logging.getLogger("sde_diffusion")
+
+CALIBRATED = "calibrated"
+"""The grid name that asks for a grid fitted to the trained model before sampling (`sample.calibration`)."""
 
 
 @dataclass
@@ -90,8 +94,43 @@ def build(cfg: DictConfig) -> Built:
         options = {k: v for k, v in node.items() if k not in SAMPLING_KEYS}
         solver = _instantiate(options, f"solvers.{name}")
         steps = steps_override if steps_override is not None else node.get("steps")
-        samplers[name] = Sampler(solver, steps, node.get("grid"))
+        samplers[name] = Sampler(solver, steps, _checked_grid(node.get("grid"), solver, f"solvers.{name}.grid"))
     return Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+
+
+def _checked_grid(grid, solver, key: str):
+    """A grid name (or a list of times), checked before any work: `calibrated` needs a fixed-step ODE solver."""
+    if grid is None or not isinstance(grid, str):
+        return grid
+    if grid == CALIBRATED:
+        if solver.stochastic or solver.adaptive:
+            kind = "stochastic" if solver.stochastic else "adaptive (it chooses its own steps)"
+            raise ConfigError(f"{key}: a calibrated grid needs a deterministic fixed-step solver; {solver.name} is {kind}")
+        return grid
+    try:
+        get_grid(grid)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e} (or {CALIBRATED!r})") from None
+    return grid
+
+
+def _calibrated_times(built: Built, score: ScoreModel, sampler: Sampler, seed: int) -> tuple[torch.Tensor, dict]:
+    """The grid of `sampler` fitted to `score` (sde_diffusion.calibrate_grid), and what the calibration measured."""
+    c, s = built.config["sample"]["calibration"], built.config["sample"]
+    steps = sampler.steps if sampler.steps is not None else sampler.solver.default_steps
+    generator = torch.Generator(device=built.device).manual_seed(seed + 2)
+    start = time.perf_counter()
+    result = calibrate_grid(
+        built.sde, score, sampler.solver, steps, shape=(c["pilot"], *built.data.shape), generator=generator,
+        device=built.device, denoise=s["denoise"], max_evaluations=c["max_evaluations"], trim=c["trim"],
+    )
+    info = {"times": result.times.tolist(), "pilot_error": result.error, "initial_errors": result.initial_errors,
+            "evaluations": result.evaluations, "nfe": result.nfe, "wall_time_s": time.perf_counter() - start}
+    log.info("calibrated the %d-step grid of %s on %d pilot draws: error %.3g (log_snr %.3g, edm %.3g), %d evaluations "
+             "of the pilot batch, %.1f s", steps, sampler.solver.name, c["pilot"], result.error,
+             result.initial_errors.get("log_snr", math.nan), result.initial_errors.get("edm", math.nan), result.nfe,
+             info["wall_time_s"])
+    return result.times, info
 
 
 # -- train ------------------------------------------------------------------------------------------------------------
@@ -161,15 +200,18 @@ def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = Non
     results = {}
     with torch.no_grad():
         for name, sampler in built.samplers.items():
+            grid, extra = sampler.grid, {}
+            if grid == CALIBRATED:
+                grid, extra["calibration"] = _calibrated_times(built, score, sampler, seed)
             generator = torch.Generator(device=built.device).manual_seed(seed + 1)
             start = time.perf_counter()
             result = draw_samples(
                 built.sde, score, sampler.solver, shape=(s["n"], *built.data.shape), steps=sampler.steps,
-                grid=sampler.grid, denoise=s["denoise"], generator=generator, progress=s["progress"], device=built.device,
+                grid=grid, denoise=s["denoise"], generator=generator, progress=s["progress"], device=built.device,
             )
             seconds = time.perf_counter() - start
             results[name] = {"x": result.x.detach().cpu(), "nfe": int(result.nfe), "wall_time_s": seconds,
-                             "solver": sampler.solver.name, "steps": sampler.steps, "grid": sampler.grid}
+                             "solver": sampler.solver.name, "steps": sampler.steps, "grid": sampler.grid, **extra}
             log.info("sampled %d with %s (%s, steps=%s): NFE %d, %.2f s", s["n"], name, sampler.solver.name,
                      sampler.steps, result.nfe, seconds)
     return results
@@ -244,7 +286,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         report["data_log_prob"] = float(mixture.log_prob(ref.double()).mean())
     for name, r in samples.items():
         x = r["x"][:n]
-        row = {k: r[k] for k in ("solver", "steps", "grid", "nfe", "wall_time_s")}
+        row = {k: r[k] for k in ("solver", "steps", "grid", "nfe", "wall_time_s", "calibration") if k in r}
         row["finite"] = bool(torch.isfinite(x).all())
         for metric, fn in fns.items():
             row[metric], row[metric + "_stderr"] = distance(x, fn) if row["finite"] else (float("nan"), float("nan"))
