@@ -39,7 +39,7 @@ from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
 from sde_diffusion.metrics import relative_error  # noqa: E402
 
 ODE_RUNS = (  # (label, solver, options, tolerances)
-    ("dopri5", "dopri5", {}, (1e-3, 3e-4, 1e-4, 5e-5, 3e-5, 2e-5, 1e-5, 5e-6, 3e-6, 1e-6)),
+    ("dopri5", "dopri5", {}, (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 3e-5, 2e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)),
     ("bosh3", "bosh3", {}, (1e-3, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)),
     ("dopri5 in t", "dopri5", {"variable": "t"}, (1e-4, 3e-5, 1e-5, 3e-6)),
 )

@@ -88,6 +88,7 @@ def test_calibrated_rows_charge_sampling_and_keep_the_calibration_apart():
         before, wrapper_before = CountingMixture.calls, case.model.nfe
         record, _ = arena.run.run_setting(case, c, settings[0], case.seeds[0])
         assert record.nfe == CountingMixture.calls - before == case.model.nfe - wrapper_before == 10
+        assert record.setup_nfe == c.calibration_nfe[steps]
     assert pickle.loads(pickle.dumps(c)).label == c.label  # worker processes receive the contestants pickled
     assert c.sdes == ("edm",) and all(r.family == "reference" for r in arena.run_case("ring-2d", "vp", [c], config))
     with pytest.raises(ValueError, match="stochastic"):

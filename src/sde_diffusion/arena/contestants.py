@@ -69,6 +69,13 @@ class Contestant:
         """The denoised sample from x_T at sde.T; every score evaluation goes through `model`."""
         raise NotImplementedError
 
+    def prepare(self, sde: LinearSDE, model: ScoreModel, x_T: torch.Tensor, t_min: float, setting: Setting) -> None:
+        """One-time work before the timed runs of `setting` (none but for calibrated grids)."""
+
+    def setup_nfe(self, setting: Setting) -> int:
+        """Score evaluations `prepare` spent for `setting`, not counted in the runs' NFE."""
+        return 0
+
     def spent(self, sde, model, x, t_min, setting, generator) -> int:
         before = model.nfe
         self.solve(sde, model, x, t_min, setting, generator)
@@ -179,6 +186,13 @@ class Calibrated(Contestant):
             grids[steps] = calibration.times
             self.calibration_nfe[steps] = calibration.nfe
         return grids[steps]
+
+    def prepare(self, sde, model, x_T, t_min, setting):
+        self.grid(sde, model, t_min, setting.steps, x_T)
+
+    def setup_nfe(self, setting: Setting) -> int:
+        """The calibration's evaluations for this step count, each on the whole pilot batch."""
+        return self.calibration_nfe.get(setting.steps, 0)
 
     def solve(self, sde, model, x_T, t_min, setting, generator):
         times = self.grid(sde, model, t_min, setting.steps, x_T)

@@ -63,6 +63,7 @@ def summarize(records: Iterable) -> list[dict]:
         row["time_s"] = statistics.median(r["time_s"] for r in rs)
         row["cpu_s"] = statistics.median(r["cpu_s"] for r in rs)
         row["peak_mem_mb"] = first["peak_mem_mb"]
+        row["setup_nfe"] = first.get("setup_nfe", 0.0)
         for m in METRICS:
             row[m], row[m + "_se"] = _nan_mean([r[m] for r in rs])
             if not m.startswith("traj_err"):
@@ -304,6 +305,10 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
                          f"{c['peer']['label']} [{c['peer']['nfe']:.0f}] | {_fmt(c['peer']['traj_err'])} | {c['ratio']:.2f} | "
                          f"{'yes' if c['holds'] else 'no'} | {c['median_ratio']:.2f} | {fixed} |")
         lines.append("")
+        calibrated = [c for c in det if c["ours"].get("setup_nfe")]
+        if calibrated:
+            lines += ["One-time cost of the calibrated grids (not in NFE): " + "; ".join(
+                f"{c['problem']} at {c['budget']} NFE, {c['ours']['setup_nfe']:.0f} evaluations of the pilot batch" for c in calibrated) + ".", ""]
     sto = stochastic_claim(rows)
     if sto:
         lines += ["## Claim: stochastic solvers vs Euler-Maruyama at equal NFE", "",

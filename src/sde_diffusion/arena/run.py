@@ -129,6 +129,9 @@ class Record:
     energy_floor_sd: float
     samples: int
     data_std: float
+    setup_nfe: float = 0.0
+    """Evaluations spent once per case and setting before its runs (a grid calibration, on its own pilot batch), not
+    counted in `nfe`."""
     error: str = ""
 
 
@@ -227,6 +230,7 @@ def _record(case: Case, c: Contestant, setting: Setting, seed: int, **values) ->
 def run_setting(case: Case, c: Contestant, setting: Setting, state: SeedState) -> tuple[Record, torch.Tensor]:
     """Run one contestant at one setting from the seed's x_T; measure NFE, time and the errors."""
     g = torch.Generator(device=state.x_T.device).manual_seed(_stable_seed(c.label, setting.describe(), state.seed))
+    c.prepare(case.sde, case.model, state.x_T, case.t_min, setting)  # one-time work (a calibration), not timed
     before, cpu = case.model.nfe, time.process_time()
     x, elapsed = wall_time(lambda: c.solve(case.sde, case.model, state.x_T, case.t_min, setting, g), case.config.device)
     nfe, cpu = case.model.nfe - before, time.process_time() - cpu
@@ -234,7 +238,7 @@ def run_setting(case: Case, c: Contestant, setting: Setting, state: SeedState) -
         raise FloatingPointError("the sample holds NaN or inf")
     d = case.distances(x, state.data)
     values = dict(
-        nfe=nfe, time_s=elapsed, cpu_s=cpu, sw2=d["sw2"], mmd=d["mmd"], energy=d["energy"],
+        nfe=nfe, time_s=elapsed, cpu_s=cpu, sw2=d["sw2"], mmd=d["mmd"], energy=d["energy"], setup_nfe=c.setup_nfe(setting),
         **{f"{k}_floor": v for k, v in state.floors.items() if not k.endswith("_sd")},
         **{f"{k[:-3]}_floor_sd": v for k, v in state.floors.items() if k.endswith("_sd")},
     )
