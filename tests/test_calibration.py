@@ -94,6 +94,7 @@ def test_a_given_reference_is_used(ring):
         (dict(solver="unipcc"), "did you mean"),
         (dict(max_evaluations=0), "max_evaluations must be positive"),
         (dict(trim=1.0), "trim is the fraction"),
+        (dict(t_min=0.0), "need 0 < t_min < t_max"),
     ],
 )
 def test_bad_input_is_refused(ring, kwargs, message):

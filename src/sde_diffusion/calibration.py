@@ -52,7 +52,8 @@ class Calibration:
     times: torch.Tensor
     """The calibrated grid: steps + 1 decreasing times from T to t_min, float64."""
     error: float
-    """The objective on this grid: relative RMS error ||x - x_ref|| / ||x_ref|| over the pilot batch, trimmed."""
+    """The objective on this grid: relative RMS error ||x - x_ref|| / ||x_ref|| over the pilot batch (less the
+    fraction `trim` of its worst samples)."""
     initial_errors: dict[str, float] = field(default_factory=dict)
     """The same error on each initial grid (keyed by grid name)."""
     evaluations: int = 0
@@ -136,6 +137,8 @@ def calibrate_grid(
         x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
     t_min = sde.default_t_min if t_min is None else float(t_min)
     t_max = sde.T if t_max is None else float(t_max)
+    if not math.isfinite(float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))) or not 0 < t_min < t_max:
+        raise ValueError(f"need 0 < t_min < t_max (the grid lives in log-SNR, infinite at t = 0); got t_min={t_min}, t_max={t_max}")
     nfe_start = model.nfe
     if reference is None:
         if reference_tol is None:
