@@ -165,7 +165,7 @@ class Calibrated(Contestant):
             raise ValueError(f"{name!r} is stochastic: only deterministic solvers have a calibrated grid")
         self.pilot, self.max_evaluations, self.max_budget = pilot, max_evaluations, max_budget
         self.grids: dict[int, tuple[ScoreModel, dict[int, torch.Tensor]]] = {}  # id(model) -> (model, {steps: times})
-        self.calibration_nfe: dict[int, int] = {}
+        self.calibration_nfe: dict[int, int] = {}  # steps -> evaluations, for the case (model) calibrated last
 
     def __getstate__(self):
         return {**self.__dict__, "grids": {}}  # the grids belong to this process's models
