@@ -12,9 +12,12 @@ from __future__ import annotations
 import csv
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import sde_diffusion as sd
 from sde_diffusion import arena
@@ -217,11 +220,6 @@ def test_diffusers_euler_reproduces_ours_on_the_same_grid():
 @pytest.mark.parametrize("name", ["full", "quick"])
 def test_config_files_are_the_python_configurations(name):
     """conf/arena/{full,quick}.yaml instantiate to ArenaConfig.full() / .quick(), field for field."""
-    from pathlib import Path
-
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     path = Path(arena.__file__).parents[1] / "conf" / "arena" / f"{name}.yaml"
     loaded = instantiate(OmegaConf.load(path), _convert_="all")
     expected = getattr(arena.ArenaConfig, name)()
