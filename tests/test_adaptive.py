@@ -15,16 +15,56 @@ import torch
 import sde_diffusion as sd
 from sde_diffusion.metrics import random_projections, sliced_wasserstein
 from sde_diffusion.solvers import StepSizeError
-from sde_diffusion.solvers.adaptive import BrownianMemory
+from sde_diffusion.solvers.adaptive import BOSH3, DOPRI5, TSIT5, BrownianMemory
 from tests.helpers import assert_moments, rms
 from tests.test_edm import DATA, SDES, problem
 
-ODE_SOLVERS = ("bosh3", "dopri5")
+ODE_SOLVERS = ("bosh3", "dopri5", "tsit5")
 
 
 def variable_for(sde_name: str) -> str:
     # The tabulated SDE inverts log_snr by bisection on every evaluation: its log-SNR runs are slow, not wrong.
     return "t" if sde_name == "user" else "log_snr"
+
+
+def _butcher(tab):
+    """(A, c, b, b_hat) of all s stages, the FSAL stage included (its row of A is b, its node 1)."""
+    s = len(tab.c) + 1
+    A = torch.zeros(s, s, dtype=torch.float64)
+    for i, row in enumerate(tab.a + (tab.b,)):
+        A[i + 1, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    b = torch.tensor(tab.b + (0.0,), dtype=torch.float64)
+    return A, torch.tensor(tab.c + (1.0,), dtype=torch.float64), b, b - torch.tensor(tab.e, dtype=torch.float64)
+
+
+def _order_conditions(A, c):
+    """(order, phi, 1/gamma) for the 17 rooted trees of order <= 5: the method of weights w has order p iff
+    w @ phi == 1/gamma for every tree of order <= p (Butcher; Hairer, Norsett & Wanner I, II.2)."""
+    Ac = A @ c
+    return [
+        (1, torch.ones_like(c), 1), (2, c, 1 / 2),
+        (3, c**2, 1 / 3), (3, Ac, 1 / 6),
+        (4, c**3, 1 / 4), (4, c * Ac, 1 / 8), (4, A @ c**2, 1 / 12), (4, A @ Ac, 1 / 24),
+        (5, c**4, 1 / 5), (5, c**2 * Ac, 1 / 10), (5, Ac**2, 1 / 20), (5, c * (A @ c**2), 1 / 15),
+        (5, A @ c**3, 1 / 20), (5, c * (A @ Ac), 1 / 30), (5, A @ (c * Ac), 1 / 40), (5, A @ (A @ c**2), 1 / 60),
+        (5, A @ (A @ Ac), 1 / 120),
+    ]
+
+
+@pytest.mark.parametrize("tab", [BOSH3, DOPRI5, TSIT5], ids=["bosh3", "dopri5", "tsit5"])
+def test_tableaus_have_their_orders(tab):
+    A, c, b, b_hat = _butcher(tab)
+    torch.testing.assert_close(A.sum(1), c, rtol=0, atol=1e-14)  # rows of A sum to the nodes
+    assert A.triu().abs().max() == 0  # explicit
+    for order, phi, target in _order_conditions(A, c):
+        if order <= tab.order:
+            assert abs(float(b @ phi) - target) < 1e-14, (order, target)
+        if order <= tab.error_order:
+            assert abs(float(b_hat @ phi) - target) < 1e-14, (order, target)
+    # and no more: some condition of the next order fails, so the error estimate is of the order claimed
+    for weights, p in ((b, tab.order), (b_hat, tab.error_order)):
+        if p < 5:
+            assert max(abs(float(weights @ phi) - t) for o, phi, t in _order_conditions(A, c) if o == p + 1) > 1e-6
 
 
 @pytest.mark.parametrize("sde_name", SDES)
@@ -59,7 +99,7 @@ def test_in_t_it_is_scipys_solver_step_for_step(ours, method, sde_name):
     assert rms(a.x, b.x) < 1e-12
 
 
-@pytest.mark.parametrize("solver, per_step", [("bosh3", 3), ("dopri5", 6)])
+@pytest.mark.parametrize("solver, per_step", [("bosh3", 3), ("dopri5", 6), ("tsit5", 6)])
 def test_stats_count_what_was_spent(solver, per_step):
     sde, model, x_T, t_min, _ = problem("mixture", "vp")
     result = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=1e-5, atol=1e-5, keep_trajectory=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..registry import build
 from .base import NonFiniteError, SampleResult, Solver, StepContext
-from .adaptive import AdaptiveSDE, Bosh3, Dopri5, StepSizeError
+from .adaptive import AdaptiveSDE, Bosh3, Dopri5, StepSizeError, Tsit5
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
 from .edm import LMS, EDMHeun
 from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
@@ -46,6 +46,7 @@ SOLVERS: dict[str, type[Solver]] = {
         LMS,
         Bosh3,
         Dopri5,
+        Tsit5,
         AdaptiveSDE,
     )
 }

@@ -79,6 +79,27 @@ DOPRI5 = _embedded(
     order=5, error_order=4,
 )
 
+# Tsitouras (2011), "Runge-Kutta pairs of order 5(4) satisfying only the first column simplifying assumption",
+# Comput. Math. Appl. 62, 770-775: fifth order, embedded fourth order, 7 stages with FSAL like DOPRI5, but with
+# smaller error coefficients of the fifth-order solution (Julia's Tsit5). The coefficients are irrational; these
+# are their double-precision values (tests/test_adaptive.py checks the order conditions).
+TSIT5 = _embedded(
+    c=(0, 0.161, 0.327, 0.9, 0.98002554090450969, 1),
+    a=(
+        (0.161,),
+        (-0.0084806554923569885, 0.33548065549235699),
+        (2.8971530571054934, -6.3594484899750748, 4.3622954328695814),
+        (5.3258648284392566, -11.748883564062828, 7.4955393428898362, -0.092495066361755249),
+        (5.8614554429464200, -12.920969317847109, 8.1593678985761586, -0.071584973281400997, -0.028269050394068383),
+    ),
+    b=(0.096460766818065230, 0.01, 0.47988965041449957, 1.3790085741037419, -3.2900695154360807, 2.3247105240997740),
+    b_hat=(
+        0.094680755765839458, 0.0091835655403432531, 0.48777052842476157, 1.2342975669304790, -2.7077123499835255,
+        1.8666284181705870, 1 / 66,
+    ),
+    order=5, error_order=4,
+)
+
 VARIABLES = ("log_snr", "t")
 
 
@@ -420,6 +441,15 @@ class Dopri5(EmbeddedRungeKutta):
     name = "dopri5"
     order = 5
     tableau = DOPRI5
+
+
+class Tsit5(EmbeddedRungeKutta):
+    """Tsitouras 5(4) with FSAL: 6 new function evaluations per attempted step, as Dopri5, with a more accurate
+    fifth-order solution (Tsitouras 2011; DifferentialEquations.jl's default non-stiff solver)."""
+
+    name = "tsit5"
+    order = 5
+    tableau = TSIT5
 
 
 class _PaperScaleController(StepController):
