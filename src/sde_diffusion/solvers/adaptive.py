@@ -1,7 +1,7 @@
 """Adaptive-step solvers: embedded Runge-Kutta pairs for the probability flow, and the adaptive reverse-SDE solver.
 
-`Bosh3` (Bogacki & Shampine 1989, 3(2)) and `Dopri5` (Dormand & Prince 1980, 5(4)) integrate the
-probability-flow ODE with the error of their embedded lower-order solution, judged by the shared
+`Bosh3` (Bogacki & Shampine 1989, 3(2)), `Dopri5` (Dormand & Prince 1980, 5(4)) and `Tsit5` (Tsitouras 2011,
+5(4)) integrate the probability-flow ODE with the error of their embedded lower-order solution, judged by the shared
 `StepController` (mixed rtol/atol, RMS or max norm, one step size for the batch or one per sample).
 `AdaptiveSDE` is the solver of Jolicoeur-Martineau et al. (2021), "Gotta Go Fast When Generating Data with
 Score-Based Models": Euler-Maruyama against stochastic improved Euler on the same Brownian increment.
