@@ -4,7 +4,7 @@ Targets: a 2-D ring (8 components, std 0.05) and a 32-D random mixture (6 compon
 SDEs: EDM (sigma 80 -> 0.002) and VP (t 1 -> 1e-3).
 
 ODE: relative trajectory error ||x - x_ref|| / ||x_ref|| against scipy's DOP853 at rtol = atol = 1e-11 from the same
-x_T, and the NFE the score wrapper counted, for dopri5 and bosh3 (default variable log-SNR, and dopri5 in t; all
+x_T, and the NFE the score wrapper counted, for dopri5, tsit5 and bosh3 (default variable log-SNR, and dopri5 in t; all
 with the default predictive step-size cap) over a ladder of tolerances (rtol = atol), beside our `scipy` solver
 (RK45, rtol = atol = 1e-5). The issue's target: reach scipy's accuracy with at most half its NFE. "best" is the
 cheapest of our runs at least as accurate as scipy's.
@@ -40,6 +40,7 @@ from sde_diffusion.metrics import relative_error  # noqa: E402
 
 ODE_RUNS = (  # (label, solver, options, tolerances)
     ("dopri5", "dopri5", {}, (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 3e-5, 2e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)),
+    ("tsit5", "tsit5", {}, (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 3e-5, 2e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)),
     ("bosh3", "bosh3", {}, (1e-3, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)),
     ("dopri5 in t", "dopri5", {"variable": "t"}, (1e-4, 3e-5, 1e-5, 3e-6)),
 )
