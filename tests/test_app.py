@@ -282,3 +282,8 @@ def test_a_bad_grid_is_refused_before_training(solver, grid, message):
     cfg = cfg_of(f"+solver@solvers.bad={solver}", f"solvers.bad.grid={grid}", *TINY)
     with pytest.raises(ConfigError, match=message):
         jobs.build(cfg)
+
+
+def test_every_registered_solver_has_a_config_file():
+    """Every solver is reachable from Hydra as solver@solvers.NAME=<its name>."""
+    assert set(sde_diffusion.solvers.names()) <= set(options("solver"))
