@@ -48,3 +48,21 @@ def reference_solution(sde, model, x_T: torch.Tensor, t_min: float, t_max: float
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b) ** 2).mean().sqrt())
+
+
+class TanhSDE(sd.SDE):
+    """dx = -tanh(x) dt + dW on [0, 1] with a standard normal prior: not linear, for the "needs a LinearSDE" checks."""
+
+    T = 1.0
+
+    def drift(self, x, t):
+        return -torch.tanh(x)
+
+    def diffusion(self, t):
+        return torch.ones_like(torch.as_tensor(t))
+
+    def prior_sample(self, shape, generator=None, *, dtype=torch.float32, device=None):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_log_prob(self, x):
+        return torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1)

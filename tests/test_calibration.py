@@ -13,7 +13,7 @@ import torch
 import sde_diffusion as sd
 from sde_diffusion.calibration import calibrate_grid, log_snr_grid, log_snr_increments, trimmed_relative_error
 from sde_diffusion.metrics import relative_error
-from tests.helpers import reference_solution
+from tests.helpers import TanhSDE, reference_solution
 
 STEPS = 7
 
@@ -106,20 +106,5 @@ def test_bad_input_is_refused(ring, kwargs, message):
 
 
 def test_needs_a_linear_sde():
-    class Cubic(sd.SDE):
-        T = 1.0
-
-        def drift(self, x, t):
-            return -(x**3)
-
-        def diffusion(self, t):
-            return torch.ones_like(torch.as_tensor(t))
-
-        def prior_sample(self, shape, generator=None, *, dtype=torch.float32, device=None):
-            return torch.randn(shape, generator=generator, dtype=dtype)
-
-        def prior_log_prob(self, x):
-            return -0.5 * (x**2).sum(1)
-
     with pytest.raises(ValueError, match="LinearSDE"):
-        calibrate_grid(Cubic(), lambda x, t: -x, "euler", 4, shape=(4, 2))
+        calibrate_grid(TanhSDE(), lambda x, t: -x, "euler", 4, shape=(4, 2))

@@ -16,7 +16,7 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.edm import adams_bashforth_coefficients
-from tests.helpers import assert_moments, observed_order, reference_solution, rms
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
 
 SDES = {k: SDE_FACTORIES[k] for k in ("vp", "ve", "ou", "user")}
@@ -135,22 +135,7 @@ def test_churn_options_are_checked():
 
 
 def test_non_linear_sdes_are_refused_with_a_clear_error():
-    class Brownian(sd.SDE):
-        T = 1.0
-
-        def drift(self, x, t):
-            return torch.zeros_like(x)
-
-        def diffusion(self, t):
-            return torch.ones_like(torch.as_tensor(t))
-
-        def prior_sample(self, shape, generator=None, *, dtype=torch.float32, device=None):
-            return torch.randn(shape, generator=generator, dtype=dtype)
-
-        def prior_log_prob(self, x):
-            return -0.5 * (x**2).sum(1)
-
-    sde = Brownian()
+    sde = TanhSDE()
     with pytest.raises(ValueError, match="LinearSDE"):
         sd.sample(sde, lambda x, t: -x, "lms", shape=(4, 2), steps=3, grid=[1.0, 0.5, 0.1])
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import sde_diffusion as sd
+from tests.helpers import TanhSDE
 
 SDE = sd.VPSDE()
 GAUSSIAN = sd.GaussianMixture.gaussian([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]])
@@ -78,24 +79,7 @@ def test_bad_starting_points():
 
 
 def test_non_linear_sde_gets_only_what_it_supports():
-    class Tanh(sd.SDE):
-        """dx = -tanh(x) dt + dW: not linear, so only score models and drift-based solvers apply."""
-
-        T = 1.0
-
-        def drift(self, x, t):
-            return -torch.tanh(x)
-
-        def diffusion(self, t):
-            return torch.ones_like(torch.as_tensor(t))
-
-        def prior_sample(self, shape, generator=None, *, dtype=torch.float32, device=None):
-            return torch.randn(shape, generator=generator, dtype=dtype, device=device)
-
-        def prior_log_prob(self, x):
-            return torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1)
-
-    cubic = Tanh()
+    cubic = TanhSDE()  # dx = -tanh(x) dt + dW: only score models and drift-based solvers apply
     with pytest.raises(ValueError, match="needs a LinearSDE"):
         sd.ScoreModel(lambda x, t: x, cubic, prediction="eps")
     result = sd.sample(cubic, lambda x, t: -x, "euler_maruyama", shape=(16, 2), steps=10, t_min=1e-3)

@@ -16,7 +16,7 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW, phi
-from tests.helpers import assert_moments, observed_order, reference_solution, rms
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
 
 F64 = torch.float64
@@ -326,23 +326,8 @@ def test_bad_options_raise_clearly(name, options, message):
 
 
 def test_a_non_linear_sde_is_refused():
-    class Cubic(sd.SDE):
-        T = 1.0
-
-        def drift(self, x, t):
-            return -(x**3)
-
-        def diffusion(self, t):
-            return torch.ones_like(torch.as_tensor(t))
-
-        def prior_sample(self, shape, generator=None, *, dtype=torch.float32, device=None):
-            return torch.randn(shape, generator=generator, dtype=dtype)
-
-        def prior_log_prob(self, x):
-            return -0.5 * (x**2).sum(1)
-
     with pytest.raises(ValueError, match="needs a LinearSDE"):
-        sd.sample(Cubic(), lambda x, t: -x, "dpm_solver_pp_2m", shape=(2, 2), steps=3)
+        sd.sample(TanhSDE(), lambda x, t: -x, "dpm_solver_pp_2m", shape=(2, 2), steps=3)
 
 
 # -- every linear SDE, any rank, float32 -------------------------------------------------------------------------
