@@ -19,7 +19,7 @@ resolves little beyond "at the floor". Beside it: the gap in mean exact log-dens
 under the law at t_min (+- standard error), a low-noise diagnostic: negative when components are blurred or
 shifted, positive when samples crowd into the modes (too little spread); zero for an exact sampler.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/adaptive_vs_scipy.py [--ode-samples 256] [--seed 1]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/adaptive_vs_scipy.py [--ode-samples 256] [--seeds 1 2 3]
         [--sde-samples N (default 64000 in 2-D, 16000 in 32-D)] [--chunks 8] [--skip-sde] [--plot PATH]
 """
 
@@ -38,9 +38,10 @@ from sde_diffusion.metrics import random_projections, sliced_wasserstein  # noqa
 from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
 from sde_diffusion.metrics import relative_error  # noqa: E402
 
+FINE_LADDER = (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 4e-5, 3e-5, 2.5e-5, 2e-5, 1.5e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)
 ODE_RUNS = (  # (label, solver, options, tolerances)
-    ("dopri5", "dopri5", {}, (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 3e-5, 2e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)),
-    ("tsit5", "tsit5", {}, (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 3e-5, 2e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)),
+    ("dopri5", "dopri5", {}, FINE_LADDER),
+    ("tsit5", "tsit5", {}, FINE_LADDER),
     ("bosh3", "bosh3", {}, (1e-3, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)),
     ("dopri5 in t", "dopri5", {"variable": "t"}, (1e-4, 3e-5, 1e-5, 3e-6)),
 )
@@ -67,7 +68,7 @@ def ode_table(n_samples: int, seed: int = 1) -> list[dict]:
             ref = sd.solvers.get("scipy", method="DOP853", rtol=1e-11, atol=1e-11).solve(model, x_T, times).x
             base = sd.sample(sde, model, "scipy", x_T=x_T, t_min=t_min, method="RK45", rtol=1e-5, atol=1e-5)
             base_error = relative_error(base.x, ref)
-            print(f"\n## ODE {target_name} / {sde_name}: scipy RK45 at 1e-5: NFE {base.nfe}, error {base_error:.2e}")
+            print(f"\n## ODE {target_name} / {sde_name}, seed {seed}: scipy RK45 at 1e-5: NFE {base.nfe}, error {base_error:.2e}")
             print(f"{'solver':14s} {'tol':>8s} {'NFE':>6s} {'accepted':>8s} {'rejected':>8s} {'rel. error':>10s} {'NFE / scipy':>11s}")
             runs = []
             for label, solver, options, tolerances in ODE_RUNS:
@@ -82,8 +83,24 @@ def ode_table(n_samples: int, seed: int = 1) -> list[dict]:
             verdict = (f"best: {best['label']} at tol {best['tol']:.0e}, NFE {best['nfe']} = {best['nfe'] / base.nfe:.2f} x scipy "
                        f"-> target (<= 0.5) {'met' if best['nfe'] <= 0.5 * base.nfe else 'NOT met'}") if best else "no run reached scipy's accuracy"
             print(verdict)
-            rows.append(dict(target=target_name, sde=sde_name, scipy_nfe=base.nfe, scipy_error=base_error, runs=runs, best=best))
+            rows.append(dict(target=target_name, sde=sde_name, seed=seed, scipy_nfe=base.nfe, scipy_error=base_error, runs=runs, best=best))
     return rows
+
+
+def seed_summary(rows: list[dict]) -> None:
+    """Per problem / SDE and pair: NFE of the cheapest run as accurate as scipy's, over scipy's NFE, seed by seed."""
+    seeds = sorted({row["seed"] for row in rows})
+    print(f"\n## ODE summary over x_T seeds {seeds}: cheapest run as accurate as scipy RK45 at 1e-5, NFE / scipy's NFE")
+    print(f"{'problem / SDE':18s} {'solver':12s} " + " ".join(f"{'seed ' + str(s):>7s}" for s in seeds) + "  target (<= 0.5) met")
+    for target, sde in dict.fromkeys((row["target"], row["sde"]) for row in rows):
+        cases = [row for row in rows if (row["target"], row["sde"]) == (target, sde)]
+        for label in dict.fromkeys(run["label"] for run in cases[0]["runs"]):
+            ratios = []
+            for row in cases:
+                ok = [run["nfe"] for run in row["runs"] if run["label"] == label and run["error"] <= row["scipy_error"]]
+                ratios.append(min(ok) / row["scipy_nfe"] if ok else float("inf"))
+            met = sum(r <= 0.5 for r in ratios)
+            print(f"{target + ' / ' + sde:18s} {label:12s} " + " ".join(f"{r:7.2f}" for r in ratios) + f"  {met} of {len(ratios)}")
 
 
 SDE_SAMPLES = {"ring-2d": 64000, "gmm-32d": 16000}
@@ -181,16 +198,18 @@ def plot(ode_rows, sde_rows, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ode-samples", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=1, help="seed of the ODE table's x_T draws")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds of the ODE table's x_T draws (one table each)")
     parser.add_argument("--sde-samples", type=int, default=None)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--skip-sde", action="store_true")
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "results", "adaptive_vs_scipy.png"))
     args = parser.parse_args()
-    ode_rows = ode_table(args.ode_samples, args.seed)
+    ode_rows = [row for seed in args.seeds for row in ode_table(args.ode_samples, seed)]
+    if len(args.seeds) > 1:
+        seed_summary(ode_rows)
     sde_rows = [] if args.skip_sde else sde_table(args.sde_samples, args.chunks)
     if args.plot:
-        plot(ode_rows, sde_rows, args.plot)
+        plot([row for row in ode_rows if row["seed"] == args.seeds[0]], sde_rows, args.plot)
 
 
 if __name__ == "__main__":
