@@ -17,6 +17,15 @@ pilot batch, at the price of more mode switches. Measured on the arena's 32-D mi
 fresh samples): trim 1% on 512 pilot draws, 20 switched samples, relative RMS 5.6e-2, median error 8.9e-4; no trim
 on 2048 draws, 3 switched, 2.2e-2 and 3.7e-3 (diffusers' DPM-Solver++(3M) on Karras sigmas: 9, 3.7e-2, 2.9e-3).
 
+Those trajectories are rare (about one in a thousand there at 20 NFE), so a pilot batch of a few thousand holds a
+handful, and the fit depends on which. `stratify=n` samples them on purpose (stratified sampling, as in survey
+statistics): the pilot draws become a pool, screened by the solver's own error estimate (its output on the initial
+grid against the same with 4x the steps, no accurate solve needed); the fit uses the n/2 hardest and a uniform
+sample of n/2 of the rest, weighted by how many pool samples each stands for, so the objective still estimates the
+pool's error but with the hard trajectories all present. On that mixture at 9 steps the hard half holds 97% of the
+squared error of a 2048-draw pool and the estimate's standard error is 0.004 of a uniform pilot's of the same size
+(tests/test_calibration.py).
+
 The grid is parameterised by its log-SNR increments, lambda_i = lambda(T) + (lambda(t_min) - lambda(T)) *
 sum_{j <= i} w_j / sum_j w_j with w_j = exp(theta_j), so every theta is a strictly decreasing grid with the given end
 points; theta is searched by Powell's derivative-free method (scipy) from the log-SNR and the EDM (rho = 7) grids,
@@ -59,7 +68,8 @@ class Calibration:
     evaluations: int = 0
     """Pilot-batch solves the search made."""
     nfe: int = 0
-    """Score evaluations the calibration spent (the teacher's included), each on the whole pilot batch."""
+    """Score evaluations the calibration spent (the teacher's included), each on the whole pilot batch; with
+    `stratify`, the screening's (1 + 4) * steps evaluations of the larger pool are included too."""
 
 
 def trimmed_relative_error(x: torch.Tensor, reference: torch.Tensor, trim: float) -> float:
@@ -67,6 +77,39 @@ def trimmed_relative_error(x: torch.Tensor, reference: torch.Tensor, trim: float
     squared = (x.to(reference.dtype) - reference).reshape(len(x), -1).pow(2).sum(1).sort().values
     kept = squared[: max(1, math.ceil(len(squared) * (1 - trim)))]
     return float(kept.sum().sqrt() / reference.norm())
+
+
+def weighted_relative_error(x: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) -> float:
+    """sqrt(sum_i w_i ||x_i - x_ref,i||^2 / sum_i w_i ||x_ref,i||^2): the relative RMS error of the population
+    that a weighted (stratified) sample stands for."""
+    squared = (x.to(reference.dtype) - reference).reshape(len(x), -1).pow(2).sum(1)
+    w = weights.to(squared)
+    return float((w * squared).sum().sqrt() / (w * reference.reshape(len(x), -1).pow(2).sum(1)).sum().sqrt())
+
+
+def stratified_pilot(
+    sde: LinearSDE, model: ScoreModel, engine: Solver, steps: int, pool: torch.Tensor, size: int, t_min: float,
+    t_max: float, denoise: bool, generator: torch.Generator | None = None, grid: str = INITIAL_GRIDS[0], refine: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T, weights): `size` of the `pool` draws, half of them the hardest, the rest a uniform sample of the others.
+
+    "Hardest" is judged by a screening error, the distance between the solver's output on `grid` with `steps` and
+    with `refine * steps` steps (an estimate of the coarse solve's error that needs no accurate solve of the pool).
+    The hard half has weight 1 and each of the others (pool - size / 2) / (size - size / 2), so weighted sums over
+    the pilot estimate sums over the whole pool without bias: the error is still the pool's, but the rare
+    trajectories that dominate it (on separated modes, those that end in another mode than the exact flow's) are
+    all in the pilot instead of a handful.
+    """
+    n_hard = size // 2
+    coarse = sample(sde, model, engine, x_T=pool, grid=get_grid(grid)(sde, steps, t_min, t_max), denoise=denoise).x
+    fine = sample(sde, model, engine, x_T=pool, grid=get_grid(grid)(sde, refine * steps, t_min, t_max), denoise=denoise).x
+    screening = (coarse - fine).reshape(len(pool), -1).norm(dim=1)
+    order = screening.argsort(descending=True)
+    hard, rest = order[:n_hard], order[n_hard:]
+    picked = torch.randperm(len(rest), generator=generator, device=generator.device if generator else "cpu")
+    easy = rest[picked[: size - n_hard].to(rest.device)]
+    weights = torch.cat([torch.ones(n_hard), torch.full((size - n_hard,), len(rest) / (size - n_hard))])
+    return pool[torch.cat([hard, easy])], weights.to(pool.device, torch.float64)
 
 
 def log_snr_grid(sde: LinearSDE, theta: np.ndarray, t_min: float, t_max: float) -> torch.Tensor:
@@ -101,6 +144,7 @@ def calibrate_grid(
     initial_grids: Sequence[str] = INITIAL_GRIDS,
     max_evaluations: int = 1500,
     trim: float = 0.0,
+    stratify: int | None = None,
     reference_tol: float | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -114,6 +158,10 @@ def calibrate_grid(
     computes it (default 1e-9 in float64, 1e-6 in lower precisions, where the network's own rounding is larger),
     followed by Tweedie's denoising when `denoise`. `denoise` must match how you will sample
     (`sample(..., denoise=...)`). Each initial grid starts one Powell search of at most `max_evaluations` solves.
+
+    `stratify=n` treats the pilot draws as a pool and fits on n of them, stratified by `stratified_pilot`: the n/2
+    hardest and a reweighted uniform sample of the rest. The objective then estimates the pool's error, with the
+    rare hard trajectories all present; their screening costs (1 + 4) * steps evaluations of the pool.
     """
     model = as_score_model(sde, score)
     engine = get(solver, **solver_options)
@@ -127,6 +175,10 @@ def calibrate_grid(
         raise ValueError(f"steps must be an integer >= 2 (one step has no interior time to place); got {steps!r}")
     if not 0 <= trim < 1:
         raise ValueError(f"trim is the fraction of pilot samples left out, in [0, 1); got {trim}")
+    if stratify is not None and (not isinstance(stratify, int) or stratify < 2):
+        raise ValueError(f"stratify is the size of the stratified pilot batch, an integer >= 2; got {stratify!r}")
+    if stratify is not None and trim:
+        raise ValueError("give trim or stratify, not both: stratify keeps the hard samples that trim would drop")
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be positive; got {max_evaluations}")
     if (shape is None) == (x_T is None):
@@ -140,6 +192,13 @@ def calibrate_grid(
     if not math.isfinite(float(sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))) or not 0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max (the grid lives in log-SNR, infinite at t = 0); got t_min={t_min}, t_max={t_max}")
     nfe_start = model.nfe
+    weights = None
+    if stratify is not None:
+        if reference is not None:
+            raise ValueError("stratify picks the pilot from the pool before the teacher runs: leave reference out")
+        if stratify > len(x_T):
+            raise ValueError(f"stratify={stratify} is larger than the pool of {len(x_T)} pilot draws")
+        x_T, weights = stratified_pilot(sde, model, engine, steps, x_T, stratify, t_min, t_max, denoise, generator)
     if reference is None:
         if reference_tol is None:
             reference_tol = 1e-9 if x_T.dtype == torch.float64 else 1e-6
@@ -158,6 +217,8 @@ def calibrate_grid(
             x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
         except NonFiniteError:
             return math.inf
+        if weights is not None:
+            return weighted_relative_error(x, reference, weights)
         return trimmed_relative_error(x, reference, trim)
 
     best_times, best_error, initial_errors = None, math.inf, {}
