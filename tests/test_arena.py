@@ -80,7 +80,7 @@ def test_calibrated_rows_charge_sampling_and_keep_the_calibration_apart():
     config = tiny(seeds=1, samples=8, budgets=(10, 40))
     case = Case(counting_ring(), "edm", config)
     case.seeds = [case.prepare(0)]
-    c = Calibrated("unipc@calibrated", "unipc", pilot=16, max_evaluations=20, max_budget=10)
+    c = Calibrated("unipc@calibrated", "unipc", pilot=16, pool=64, max_evaluations=20, max_budget=10)
     settings = c.plan(case.sde, case.model, case.seeds[0].x_T[:2], case.t_min, config.budgets, config.tolerances)
     assert [s.budget for s in settings] == [10]  # the budget of 40 is over max_budget
     steps = settings[0].steps
@@ -96,6 +96,8 @@ def test_calibrated_rows_charge_sampling_and_keep_the_calibration_apart():
     assert c.sdes == ("edm",) and all(r.family == "reference" for r in arena.run_case("ring-2d", "vp", [c], config))
     with pytest.raises(ValueError, match="stochastic"):
         Calibrated("em@calibrated", "euler_maruyama")
+    with pytest.raises(ValueError, match="at least pilot=16"):
+        Calibrated("unipc@calibrated", "unipc", pilot=16, pool=8)
 
 
 def test_budgets_are_met_and_reported():

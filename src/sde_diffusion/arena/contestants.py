@@ -145,12 +145,13 @@ class Ours(Contestant):
 
 class Calibrated(Contestant):
     """A registered deterministic solver on a grid calibrated to the case's model for each step count
-    (`sde_diffusion.calibration.calibrate_grid`), fitted on `pilot` prior draws that share nothing with the arena's
-    seeds (their own generator), against DOP853 at 1e-9.
+    (`sde_diffusion.calibration.calibrate_grid`), fitted on `pilot` draws stratified from `pool` prior draws that
+    share nothing with the arena's seeds (their own generator), against DOP853 at 1e-9. `pool=None` fits on `pilot`
+    plain draws.
 
     The calibration is a one-time cost per (model, steps), made through a second wrapper of the same network, so a
     row's NFE is what sampling on the grid costs, as for any other grid; what the calibrations spent is kept in
-    `calibration_nfe` (score evaluations on the whole pilot batch). To keep the full arena short (a calibration
+    `calibration_nfe` (batched score evaluations: the pilot batch's, and the screening of its pool). To keep the full arena short (a calibration
     takes 20 s to 3 min on one core here), it runs only at budgets up to `max_budget` and on the SDEs `sdes` (the
     EDM range of the fast-solver claim), with `max_evaluations` below the library's default: on gmm-32d / EDM at 20
     NFE that costs little (trajectory error 1.4e-3 and 2.1e-3 for two pilot batches of 512 with 1% trimmed, against
@@ -158,12 +159,15 @@ class Calibrated(Contestant):
     """
 
     def __init__(self, label: str, name: str, options: dict[str, Any] | None = None, pilot: int = 2048,
-                 max_evaluations: int = 400, max_budget: int = 20, sdes: tuple[str, ...] | None = ("edm",)):
+                 pool: int | None = 16384, max_evaluations: int = 400, max_budget: int = 20,
+                 sdes: tuple[str, ...] | None = ("edm",)):
         self.label, self.name, self.options, self.sdes = label, name, dict(options or {}), sdes
         self.inner = Ours(label, name, options)
         if self.inner.stochastic:
             raise ValueError(f"{name!r} is stochastic: only deterministic solvers have a calibrated grid")
-        self.pilot, self.max_evaluations, self.max_budget = pilot, max_evaluations, max_budget
+        if pool is not None and pool < pilot:
+            raise ValueError(f"the pool the pilot batch is stratified from must hold at least pilot={pilot} draws; got {pool}")
+        self.pilot, self.pool, self.max_evaluations, self.max_budget = pilot, pool, max_evaluations, max_budget
         self.grids: dict[int, tuple[ScoreModel, dict[int, torch.Tensor]]] = {}  # id(model) -> (model, {steps: times})
         self.calibration_nfe: dict[int, int] = {}  # steps -> evaluations, for the case (model) calibrated last
 
@@ -180,8 +184,8 @@ class Calibrated(Contestant):
             g = torch.Generator(device=like.device).manual_seed(20261130 + steps)
             calibration = calibrate_grid(
                 sde, ScoreModel(model.network, sde, model.prediction), self.name, steps, t_min=t_min,
-                shape=(self.pilot, *like.shape[1:]), generator=g, dtype=like.dtype, device=like.device,
-                max_evaluations=self.max_evaluations, **self.options,
+                shape=(self.pool or self.pilot, *like.shape[1:]), stratify=self.pilot if self.pool else None,
+                generator=g, dtype=like.dtype, device=like.device, max_evaluations=self.max_evaluations, **self.options,
             )
             grids[steps] = calibration.times
             self.calibration_nfe[steps] = calibration.nfe
@@ -200,8 +204,8 @@ class Calibrated(Contestant):
 
     def describe(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        return (f"{self.name}({opts}) on a grid calibrated per step count ({self.pilot} pilot draws, "
-                f"<= {self.max_evaluations} solves per initial grid)")
+        pilot = f"{self.pilot} pilot draws" + (f" stratified from {self.pool}" if self.pool else "")
+        return f"{self.name}({opts}) on a grid calibrated per step count ({pilot}, <= {self.max_evaluations} solves per initial grid)"
 
 
 # -- diffusers' schedulers, driven with the exact model ----------------------------------------------------------
@@ -330,6 +334,7 @@ VARIANTS: list[tuple[str, str, dict, str | None]] = [
 CALIBRATED: list[tuple[str, str, dict]] = [
     # (label, registered name, options): solvers that also run on a grid calibrated to the case's model
     ("unipc@calibrated", "unipc", {}),
+    ("unipc(order=3)@calibrated", "unipc", {"order": 3}),
 ]
 
 LIBRARY_PEERS: list[tuple[str, str, dict, str | None, str]] = [

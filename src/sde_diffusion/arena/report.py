@@ -308,7 +308,8 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
         calibrated = [c for c in det if c["ours"].get("setup_nfe")]
         if calibrated:
             lines += ["One-time cost of the calibrated grids (not in NFE): " + "; ".join(
-                f"{c['problem']} at {c['budget']} NFE, {c['ours']['setup_nfe']:.0f} evaluations of the pilot batch" for c in calibrated) + ".", ""]
+                f"{c['problem']} at {c['budget']} NFE, {c['ours']['setup_nfe']:.0f} batched evaluations (pilot batch and screening "
+                "of its pool)" for c in calibrated) + ".", ""]
     sto = stochastic_claim(rows)
     if sto:
         lines += ["## Claim: stochastic solvers vs Euler-Maruyama at equal NFE", "",

@@ -64,8 +64,8 @@ class ArenaConfig:
     distribution error is then the exact PF-ODE's: further rows would repeat it)."""
     peers: bool = True
     calibrated: bool = True
-    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per EDM case and budget up
-    to 20 NFE, 20 s to 3 min each on one core (off in `quick()`)."""
+    """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per solver, EDM case and
+    budget up to 20 NFE, 20 s to 3 min each on one core (off in `quick()`)."""
     solvers: tuple[str, ...] | None = None
     """Labels of the contestants to keep (an entry ending in '*' matches a prefix); None: all."""
     memory: bool = True
