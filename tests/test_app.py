@@ -258,11 +258,12 @@ def test_gather_command(main_run, tmp_path, capsys):
 
 
 def test_a_calibrated_grid_is_fitted_before_sampling(main_run, tmp_path):
-    """`grid: calibrated` fits the grid to the run's model on pilot draws; the samples' NFE is that of the grid alone,
-    and metrics.json keeps the grid and what the calibration cost."""
+    """`grid: calibrated` fits the grid to the run's model on pilot draws (here stratified from a pool); the samples'
+    NFE is that of the grid alone, and metrics.json keeps the grid and what the calibration cost."""
     run_dir, _ = main_run
     cfg = cfg_of("~solver@solvers.pc", "~solver@solvers.pf_ode", "+solver@solvers.fast=unipc", "solvers.fast.steps=5",
                  "solvers.fast.grid=calibrated", "sample.calibration.pilot=64", "sample.calibration.max_evaluations=30",
+                 "sample.calibration.pool=256",
                  "sample.n=100", "sample.progress=false", "evaluate.floor_repeats=2", "evaluate.ground_truth=false",
                  "plots=false", f"sample.checkpoint={run_dir}")
     fast = jobs.run_sample(cfg, tmp_path)["solvers"]["fast"]
@@ -280,6 +281,17 @@ def test_a_calibrated_grid_is_fitted_before_sampling(main_run, tmp_path):
 )
 def test_a_bad_grid_is_refused_before_training(solver, grid, message):
     cfg = cfg_of(f"+solver@solvers.bad={solver}", f"solvers.bad.grid={grid}", *TINY)
+    with pytest.raises(ConfigError, match=message):
+        jobs.build(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["sample.calibration.pool=100"], "must be at least sample.calibration.pilot=1024"),
+     (["sample.calibration.pool=2048", "sample.calibration.trim=0.01"], "give trim or pool, not both")],
+)
+def test_bad_calibration_options_are_refused_before_training(overrides, message):
+    cfg = cfg_of("+solver@solvers.fast=unipc", "solvers.fast.grid=calibrated", *overrides, *TINY)
     with pytest.raises(ConfigError, match=message):
         jobs.build(cfg)
 

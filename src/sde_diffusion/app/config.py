@@ -60,11 +60,15 @@ class TrainConfig:
 @dataclass
 class CalibrationConfig:
     """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
-    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`."""
+    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`.
+    With `pool`, the pilot batch is stratified from that many draws (`calibrate_grid(stratify=pilot)`): its hardest
+    half by screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the
+    error (separated modes)."""
 
     pilot: int = 1024
     max_evaluations: int = 1500
     trim: float = 0.0
+    pool: Optional[int] = None
 
 
 @dataclass

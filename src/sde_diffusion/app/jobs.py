@@ -95,7 +95,19 @@ def build(cfg: DictConfig) -> Built:
         solver = _instantiate(options, f"solvers.{name}")
         steps = steps_override if steps_override is not None else node.get("steps")
         samplers[name] = Sampler(solver, steps, _checked_grid(node.get("grid"), solver, f"solvers.{name}.grid"))
+    if any(sampler.grid == CALIBRATED for sampler in samplers.values()):
+        _check_calibration(resolved["sample"]["calibration"])
     return Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+
+
+def _check_calibration(c) -> None:
+    """sample.calibration, checked before training when a solver asks for a calibrated grid."""
+    if c["pool"] is not None and c["pool"] < c["pilot"]:
+        raise ConfigError(f"sample.calibration.pool={c['pool']} must be at least sample.calibration.pilot={c['pilot']} "
+                          "(the pilot batch is stratified from the pool), or null to fit on plain pilot draws")
+    if c["pool"] is not None and c["trim"]:
+        raise ConfigError("sample.calibration: give trim or pool, not both (the stratified pilot keeps the hard samples "
+                          "that trim would leave out)")
 
 
 def _checked_grid(grid, solver, key: str):
@@ -121,13 +133,15 @@ def _calibrated_times(built: Built, score: ScoreModel, sampler: Sampler, seed: i
     generator = torch.Generator(device=built.device).manual_seed(seed + 2)
     start = time.perf_counter()
     result = calibrate_grid(
-        built.sde, score, sampler.solver, steps, shape=(c["pilot"], *built.data.shape), generator=generator,
+        built.sde, score, sampler.solver, steps, shape=(c["pool"] or c["pilot"], *built.data.shape), generator=generator,
         device=built.device, denoise=s["denoise"], max_evaluations=c["max_evaluations"], trim=c["trim"],
+        stratify=c["pilot"] if c["pool"] else None,
     )
     info = {"times": result.times.tolist(), "pilot_error": result.error, "initial_errors": result.initial_errors,
             "evaluations": result.evaluations, "nfe": result.nfe, "wall_time_s": time.perf_counter() - start}
-    log.info("calibrated the %d-step grid of %s on %d pilot draws: error %.3g (log_snr %.3g, edm %.3g), %d evaluations "
-             "of the pilot batch, %.1f s", steps, sampler.solver.name, c["pilot"], result.error,
+    log.info("calibrated the %d-step grid of %s on %d pilot draws%s: error %.3g (log_snr %.3g, edm %.3g), %d batched "
+             "evaluations, %.1f s", steps, sampler.solver.name, c["pilot"],
+             f" stratified from {c['pool']}" if c["pool"] else "", result.error,
              result.initial_errors.get("log_snr", math.nan), result.initial_errors.get("edm", math.nan), result.nfe,
              info["wall_time_s"])
     return result.times, info
