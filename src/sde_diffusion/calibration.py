@@ -68,8 +68,9 @@ class Calibration:
     evaluations: int = 0
     """Pilot-batch solves the search made."""
     nfe: int = 0
-    """Score evaluations the calibration spent (the teacher's included), each on the whole pilot batch; with
-    `stratify`, the screening's (1 + 4) * steps evaluations of the larger pool are included too."""
+    """Batched score evaluations the calibration spent (the teacher's included), each on the whole pilot batch; with
+    `stratify`, also the screening's, which evaluates the pool in batches of the pilot's size, (1 + 4) * steps
+    times each (plus the denoising steps)."""
 
 
 def trimmed_relative_error(x: torch.Tensor, reference: torch.Tensor, trim: float) -> float:
@@ -94,16 +95,22 @@ def stratified_pilot(
     """(x_T, weights): `size` of the `pool` draws, half of them the hardest, the rest a uniform sample of the others.
 
     "Hardest" is judged by a screening error, the distance between the solver's output on `grid` with `steps` and
-    with `refine * steps` steps (an estimate of the coarse solve's error that needs no accurate solve of the pool).
+    with `refine * steps` steps (an estimate of the coarse solve's error that needs no accurate solve of the pool),
+    computed in batches of `size`.
     The hard half has weight 1 and each of the others (pool - size / 2) / (size - size / 2), so weighted sums over
     the pilot estimate sums over the whole pool without bias: the error is still the pool's, but the rare
     trajectories that dominate it (on separated modes, those that end in another mode than the exact flow's) are
     all in the pilot instead of a handful.
     """
     n_hard = size // 2
-    coarse = sample(sde, model, engine, x_T=pool, grid=get_grid(grid)(sde, steps, t_min, t_max), denoise=denoise).x
-    fine = sample(sde, model, engine, x_T=pool, grid=get_grid(grid)(sde, refine * steps, t_min, t_max), denoise=denoise).x
-    screening = (coarse - fine).reshape(len(pool), -1).norm(dim=1)
+    coarse_grid, fine_grid = get_grid(grid)(sde, steps, t_min, t_max), get_grid(grid)(sde, refine * steps, t_min, t_max)
+
+    def screen(x_T: torch.Tensor) -> torch.Tensor:
+        coarse = sample(sde, model, engine, x_T=x_T, grid=coarse_grid, denoise=denoise).x
+        fine = sample(sde, model, engine, x_T=x_T, grid=fine_grid, denoise=denoise).x
+        return (coarse - fine).reshape(len(x_T), -1).norm(dim=1)
+
+    screening = torch.cat([screen(chunk) for chunk in pool.split(size)])  # batches no larger than the pilot's
     order = screening.argsort(descending=True)
     hard, rest = order[:n_hard], order[n_hard:]
     picked = torch.randperm(len(rest), generator=generator, device=generator.device if generator else "cpu")
