@@ -151,8 +151,8 @@ class Calibrated(Contestant):
 
     The calibration is a one-time cost per (model, steps), made through a second wrapper of the same network, so a
     row's NFE is what sampling on the grid costs, as for any other grid; what the calibrations spent is kept in
-    `calibration_nfe` (batched score evaluations: the pilot batch's, and the screening of its pool). To keep the full arena short (a calibration
-    takes 20 s to 3 min on one core here), it runs only at budgets up to `max_budget` and on the SDEs `sdes` (the
+    `calibration_nfe` (batched score evaluations: the pilot batch's, and the screening of its pool). To keep the
+    full arena short (a calibration takes 20 s to 3 min on one core here), it runs only at budgets up to `max_budget` and on the SDEs `sdes` (the
     EDM range of the fast-solver claim), with `max_evaluations` below the library's default: on gmm-32d / EDM at 20
     NFE that costs little (trajectory error 1.4e-3 and 2.1e-3 for two pilot batches of 512 with 1% trimmed, against
     1.1e-3 and 1.0e-3 with 1000 solves per initial grid; the same at 10 NFE).

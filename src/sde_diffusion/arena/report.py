@@ -307,9 +307,9 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
         lines.append("")
         calibrated = [c for c in det if c["ours"].get("setup_nfe")]
         if calibrated:
-            lines += ["One-time cost of the calibrated grids (not in NFE): " + "; ".join(
-                f"{c['problem']} at {c['budget']} NFE, {c['ours']['setup_nfe']:.0f} batched evaluations (pilot batch and screening "
-                "of its pool)" for c in calibrated) + ".", ""]
+            lines += ["One-time cost of the calibrated grids (not in NFE; batched evaluations of the pilot batch and of the "
+                      "screening of its pool): " + "; ".join(
+                          f"{c['problem']} at {c['budget']} NFE, {c['ours']['setup_nfe']:.0f}" for c in calibrated) + ".", ""]
     sto = stochastic_claim(rows)
     if sto:
         lines += ["## Claim: stochastic solvers vs Euler-Maruyama at equal NFE", "",
