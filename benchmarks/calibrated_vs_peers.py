@@ -9,7 +9,7 @@ the number of switched samples (per-sample error above half the data's RMS norm)
 that set, and at the end the ratio of the errors pooled over all sets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/calibrated_vs_peers.py [--problem gmm-32d] [--sets 6]
-        [--samples 8192] [--budgets 10 20] [--pilot 2048] [--pool 16384]
+        [--samples 8192] [--budgets 10 20] [--pilot 2048] [--pool 16384] [--max-evaluations 400]
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--pilot", type=int, default=2048)
     parser.add_argument("--pool", type=int, default=16384)
+    parser.add_argument("--max-evaluations", type=int, default=400, help="Powell solves per initial grid (the arena's 400)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     mixture, sde = get_problem(args.problem).data, get_sde("edm")
     model, t_min, dim = mixture.score_model(sde), sde.default_t_min, mixture.dim
-    ours = [Calibrated(label, name, options, pilot=args.pilot, pool=args.pool) for label, name, options in CALIBRATED]
+    ours = [Calibrated(label, name, options, pilot=args.pilot, pool=args.pool, max_evaluations=args.max_evaluations)
+            for label, name, options in CALIBRATED]
     peers = [Diffusers(*peer) for peer in DIFFUSERS_PEERS]
     if any(peer.unavailable() for peer in peers):
         sys.exit(f"diffusers is needed for the peers: {peers[0].unavailable()} (pip install -e .[peers])")
@@ -51,7 +53,7 @@ def main() -> None:
         for setting in plans[c.label].values():
             c.grid(sde, model, t_min, setting.steps, probe)
     print(f"{args.problem} / EDM: calibrations {time.perf_counter() - start:.0f} s "
-          f"({args.pilot} pilot draws stratified from {args.pool})")
+          f"({args.pilot} pilot draws stratified from {args.pool}, <= {args.max_evaluations} solves per initial grid)")
 
     squared = {(c.label, b): [] for c in ours + peers for b in args.budgets}  # per set: sum of squared errors, norm^2
     print(f"\n| set | NFE | {' | '.join(c.label + ' (RMS, switched)' for c in ours)} | best peer (RMS, switched) | "
