@@ -124,7 +124,7 @@ def test_stratified_pilot_holds_the_hardest_and_stands_for_the_pool():
     assert se_stratified < 0.1 * se_uniform
 
 
-def test_stratified_calibration_runs_on_the_stratified_batch(ring):
+def test_a_stratified_calibration_fits_a_grid(ring):
     sde, model = ring
     result = calibrate_grid(sde, model, "unipc", 4, shape=(256, 2), stratify=32, generator=torch.Generator().manual_seed(6),
                             dtype=torch.float64, max_evaluations=20, initial_grids=("log_snr",))
