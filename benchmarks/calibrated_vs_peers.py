@@ -9,7 +9,7 @@ the number of switched samples (per-sample error above half the data's RMS norm)
 that set, and at the end the ratio of the errors pooled over all sets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/calibrated_vs_peers.py [--problem gmm-32d] [--sets 6]
-        [--samples 8192] [--budgets 10 20] [--pilot 2048] [--pool 16384] [--max-evaluations 400]
+        [--samples 8192] [--budgets 10 20] [--pilot 2048] [--pool 16384] [--max-evaluations 1500]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--pilot", type=int, default=2048)
     parser.add_argument("--pool", type=int, default=16384)
-    parser.add_argument("--max-evaluations", type=int, default=400, help="Powell solves per initial grid (the arena's 400)")
+    parser.add_argument("--max-evaluations", type=int, default=1500, help="Powell solves per initial grid (the arena's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
