@@ -168,7 +168,7 @@ def calibrate_grid(
 
     `stratify=n` treats the pilot draws as a pool and fits on n of them, stratified by `stratified_pilot`: the n/2
     hardest and a reweighted uniform sample of the rest. The objective then estimates the pool's error, with the
-    rare hard trajectories all present; their screening costs (1 + 4) * steps evaluations of the pool.
+    rare hard trajectories all present; the screening evaluates each pool draw 5 * steps times (+ 2 with `denoise`).
     """
     model = as_score_model(sde, score)
     engine = get(solver, **solver_options)

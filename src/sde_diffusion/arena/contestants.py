@@ -152,7 +152,7 @@ class Calibrated(Contestant):
     The calibration is a one-time cost per (model, steps), made through a second wrapper of the same network, so a
     row's NFE is what sampling on the grid costs, as for any other grid; what the calibrations spent is kept in
     `calibration_nfe` (batched score evaluations: the pilot batch's, and the screening of its pool). To keep the
-    full arena short (a calibration takes 1 to 10 min on one core here), it runs only at budgets up to `max_budget`
+    full arena short (a calibration takes up to about 11 min on one core here), it runs only at budgets up to `max_budget`
     and on the SDEs `sdes` (the EDM range of the fast-solver claim). `max_evaluations` is the library's default:
     with 400 the search stops short of converging, and on gmm-32d / EDM at 10 NFE the grid's trajectory error
     pooled over 6 x 8192 draws is 0.058 against 0.037 with 1500 (`benchmarks/calibrated_vs_peers.py`).
@@ -195,7 +195,7 @@ class Calibrated(Contestant):
         self.grid(sde, model, t_min, setting.steps, x_T)
 
     def setup_nfe(self, setting: Setting) -> int:
-        """The calibration's evaluations for this step count, each on the whole pilot batch."""
+        """The calibration's batched evaluations for this step count (pilot batch and pool screening)."""
         return self.calibration_nfe.get(setting.steps, 0)
 
     def solve(self, sde, model, x_T, t_min, setting, generator):

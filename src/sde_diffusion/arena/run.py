@@ -65,7 +65,7 @@ class ArenaConfig:
     peers: bool = True
     calibrated: bool = True
     """Run the solvers on calibrated grids too (`contestants.CALIBRATED`): one calibration per solver, EDM case and
-    budget up to 20 NFE, 20 s to 3 min each on one core (off in `quick()`)."""
+    budget up to 20 NFE, up to about 11 min each on one core (off in `quick()`)."""
     solvers: tuple[str, ...] | None = None
     """Labels of the contestants to keep (an entry ending in '*' matches a prefix); None: all."""
     memory: bool = True
