@@ -1,6 +1,6 @@
 """The solver arena: every solver x NFE budget on exact-score problems, beside diffusers / torchsde / scipy peers.
 
-    PYTHONPATH=src python benchmarks/arena.py            # the full run: 3 problems x 5 SDEs (~15 min on 2 cores)
+    PYTHONPATH=src python benchmarks/arena.py            # the full run: 3 problems x 5 SDEs (~45 min on 2 cores)
     PYTHONPATH=src python benchmarks/arena.py --quick    # 2 problems x 2 SDEs, fewer budgets (~2 min)
     PYTHONPATH=src python benchmarks/arena.py --problems ring-2d --sdes edm --solvers 'dpm_solver_pp*' 'diffusers:*'
 
