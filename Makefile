@@ -17,11 +17,16 @@ install: $(VENV)/.installed
 
 # The tests and the default job are bound by small-tensor overhead: one thread per process avoids
 # oversubscribing the cores (two torch threads on a busy 2-core machine ran the default job 50x slower).
+# The tests spread over one worker per core (pytest-xdist), at most TEST_WORKERS; TEST_WORKERS=0 runs them in
+# this process.
+TEST_WORKERS ?= 4
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n auto --maxprocesses $(TEST_WORKERS) --dist worksteal)
+
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 run: install
 	OMP_NUM_THREADS=1 $(PY) -m sde_diffusion
