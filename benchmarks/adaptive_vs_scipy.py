@@ -21,11 +21,17 @@ shifted, positive when samples crowd into the modes (too little spread); zero fo
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/adaptive_vs_scipy.py [--ode-samples 256] [--seeds 1 2 3]
         [--sde-samples N (default 64000 in 2-D, 16000 in 32-D)] [--chunks 8] [--skip-sde] [--plot PATH]
+        [--sdes edm] [--runs tsit5] [--variant LABEL SOLVER JSON ...]
+
+`--variant` adds an ODE run over the fine tolerance ladder with solver options, e.g. a step-size controller setting:
+    --variant "tsit5 factor_max=3" tsit5 '{"factor_max": 3}'
+(the key "atol_per_rtol" sets atol = that x rtol instead of atol = rtol).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -53,14 +59,14 @@ def targets():
     return {name: get_problem(name).data for name in ("ring-2d", "gmm-32d")}
 
 
-def sdes():
-    return {name: get_sde(name) for name in ("edm", "vp")}
+def sdes(names=("edm", "vp")):
+    return {name: get_sde(name) for name in names}
 
 
-def ode_table(n_samples: int, seed: int = 1) -> list[dict]:
+def ode_table(n_samples: int, seed: int = 1, sde_names=("edm", "vp"), configs=ODE_RUNS) -> list[dict]:
     rows = []
     for target_name, mixture in targets().items():
-        for sde_name, sde in sdes().items():
+        for sde_name, sde in sdes(sde_names).items():
             model = mixture.score_model(sde)
             t_min = sde.default_t_min
             x_T = sde.prior_sample((n_samples, mixture.dim), torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -69,14 +75,16 @@ def ode_table(n_samples: int, seed: int = 1) -> list[dict]:
             base = sd.sample(sde, model, "scipy", x_T=x_T, t_min=t_min, method="RK45", rtol=1e-5, atol=1e-5)
             base_error = relative_error(base.x, ref)
             print(f"\n## ODE {target_name} / {sde_name}, seed {seed}: scipy RK45 at 1e-5: NFE {base.nfe}, error {base_error:.2e}")
-            print(f"{'solver':14s} {'tol':>8s} {'NFE':>6s} {'accepted':>8s} {'rejected':>8s} {'rel. error':>10s} {'NFE / scipy':>11s}")
+            print(f"{'solver':20s} {'tol':>8s} {'NFE':>6s} {'accepted':>8s} {'rejected':>8s} {'rel. error':>10s} {'NFE / scipy':>11s}")
             runs = []
-            for label, solver, options, tolerances in ODE_RUNS:
+            for label, solver, options, tolerances in configs:
+                options = dict(options)
+                atol_per_rtol = options.pop("atol_per_rtol", 1.0)
                 for tol in tolerances:
-                    r = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=tol, atol=tol, **options)
+                    r = sd.sample(sde, model, solver, x_T=x_T, t_min=t_min, rtol=tol, atol=atol_per_rtol * tol, **options)
                     error = relative_error(r.x, ref)
                     runs.append(dict(label=label, tol=tol, nfe=r.nfe, error=error))
-                    print(f"{label:14s} {tol:8.0e} {r.nfe:6d} {r.stats['accepted_steps']:8d} {r.stats['rejected_steps']:8d} "
+                    print(f"{label:20s} {tol:8.0e} {r.nfe:6d} {r.stats['accepted_steps']:8d} {r.stats['rejected_steps']:8d} "
                           f"{error:10.2e} {r.nfe / base.nfe:11.2f}")
             ours = [run for run in runs if run["error"] <= base_error]
             best = min(ours, key=lambda run: run["nfe"]) if ours else None
@@ -91,7 +99,7 @@ def seed_summary(rows: list[dict]) -> None:
     """Per problem / SDE and pair: NFE of the cheapest run as accurate as scipy's, over scipy's NFE, seed by seed."""
     seeds = sorted({row["seed"] for row in rows})
     print(f"\n## ODE summary over x_T seeds {seeds}: cheapest run as accurate as scipy RK45 at 1e-5, NFE / scipy's NFE")
-    print(f"{'problem / SDE':18s} {'solver':12s} " + " ".join(f"{'seed ' + str(s):>7s}" for s in seeds) + "  target (<= 0.5) met")
+    print(f"{'problem / SDE':18s} {'solver':20s} " + " ".join(f"{'seed ' + str(s):>7s}" for s in seeds) + "  target (<= 0.5) met")
     for target, sde in dict.fromkeys((row["target"], row["sde"]) for row in rows):
         cases = [row for row in rows if (row["target"], row["sde"]) == (target, sde)]
         for label in dict.fromkeys(run["label"] for run in cases[0]["runs"]):
@@ -100,7 +108,7 @@ def seed_summary(rows: list[dict]) -> None:
                 ok = [run["nfe"] for run in row["runs"] if run["label"] == label and run["error"] <= row["scipy_error"]]
                 ratios.append(min(ok) / row["scipy_nfe"] if ok else float("inf"))
             met = sum(r <= 0.5 for r in ratios)
-            print(f"{target + ' / ' + sde:18s} {label:12s} " + " ".join(f"{r:7.2f}" for r in ratios) + f"  {met} of {len(ratios)}")
+            print(f"{target + ' / ' + sde:18s} {label:20s} " + " ".join(f"{r:7.2f}" for r in ratios) + f"  {met} of {len(ratios)}")
 
 
 SDE_SAMPLES = {"ring-2d": 64000, "gmm-32d": 16000}
@@ -203,8 +211,19 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--skip-sde", action="store_true")
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(__file__), "results", "adaptive_vs_scipy.png"))
+    parser.add_argument("--sdes", nargs="+", choices=("edm", "vp"), default=["edm", "vp"], help="forward SDEs of the ODE table")
+    labels = [run[0] for run in ODE_RUNS]
+    parser.add_argument("--runs", nargs="+", choices=labels, default=labels, help="which of the standard ODE runs to keep")
+    parser.add_argument("--variant", nargs=3, action="append", default=[], metavar=("LABEL", "SOLVER", "JSON"),
+                        help="an extra ODE run over the fine ladder with these solver options (repeatable)")
     args = parser.parse_args()
-    ode_rows = [row for seed in args.seeds for row in ode_table(args.ode_samples, seed)]
+    runs = [run for run in ODE_RUNS if run[0] in args.runs]
+    for label, solver, options in args.variant:
+        try:
+            runs.append((label, solver, dict(json.loads(options)), FINE_LADDER))
+        except (ValueError, TypeError) as error:
+            parser.error(f"--variant {label!r}: the options must be a JSON object, e.g. '{{\"factor_max\": 3}}' ({error})")
+    ode_rows = [row for seed in args.seeds for row in ode_table(args.ode_samples, seed, args.sdes, runs)]
     if len(args.seeds) > 1:
         seed_summary(ode_rows)
     sde_rows = [] if args.skip_sde else sde_table(args.sde_samples, args.chunks)
