@@ -37,6 +37,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16384)
     parser.add_argument("--max-evaluations", type=int, default=1500, help="Powell solves per initial grid (the arena's)")
     args = parser.parse_args()
+    for name in ("sets", "samples", "pilot", "max_evaluations"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if any(b < 1 for b in args.budgets):
+        parser.error(f"--budgets must be positive NFE budgets; got {args.budgets}")
     torch.set_num_threads(1)
 
     mixture, sde = get_problem(args.problem).data, get_sde("edm")

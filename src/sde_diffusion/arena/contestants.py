@@ -152,10 +152,10 @@ class Calibrated(Contestant):
     The calibration is a one-time cost per (model, steps), made through a second wrapper of the same network, so a
     row's NFE is what sampling on the grid costs, as for any other grid; what the calibrations spent is kept in
     `calibration_nfe` (batched score evaluations: the pilot batch's, and the screening of its pool). To keep the
-    full arena short (a calibration takes up to about 11 min on one core here), it runs only at budgets up to `max_budget`
-    and on the SDEs `sdes` (the EDM range of the fast-solver claim). `max_evaluations` is the library's default:
-    with 400 the search stops short of converging, and on gmm-32d / EDM at 10 NFE the grid's trajectory error
-    pooled over 6 x 8192 draws is 0.058 against 0.037 with 1500 (`benchmarks/calibrated_vs_peers.py`).
+    full arena short (a calibration takes up to about 11 min on one core here), it runs only at budgets up to
+    `max_budget` and on the SDEs `sdes` (the EDM range of the fast-solver claim). `max_evaluations` is the library's
+    default: with 400 the search stops short of converging, and on gmm-32d / EDM at 10 NFE the grid's trajectory
+    error pooled over 6 x 8192 draws is 0.058 against 0.037 with 1500 (`benchmarks/calibrated_vs_peers.py`).
     """
 
     def __init__(self, label: str, name: str, options: dict[str, Any] | None = None, pilot: int = 2048,

@@ -47,7 +47,8 @@ BUDGETS = (5, 10, 20, 50, 100, 200, 500, 1000)
 
 @dataclass
 class ArenaConfig:
-    """What the arena runs. `full()` is the default run (about 45 minutes on 2 cores, 30 of them calibrating grids), `quick()` a 2-minute one."""
+    """What the arena runs. `full()` is the default run (about 45 minutes on 2 cores, 30 of them calibrating grids),
+    `quick()` a 2-minute one."""
 
     problems: tuple[str, ...] = ("ring-2d", "gmm-32d", "gauss-8d")
     sdes: tuple[str, ...] = ("vp", "subvp", "ve", "ou", "edm")
