@@ -292,15 +292,16 @@ def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step()
     "name,options",
     [("ddim", {}), ("dpm_solver_2", {}), ("dpm_solver_pp_2m", {}), ("unipc", {}), ("adaptive_dpm_solver", {"rtol": 1e-3, "atol": 1e-3})],
 )
-def test_denoise_to_zero_returns_tweedie_at_t_min_for_one_more_evaluation(name, options):
+def test_denoise_returns_tweedie_at_t_min_for_one_more_evaluation(name, options):
+    """Lu et al.'s `denoise_to_zero` is sample's one denoise option, for these solvers as for every other."""
     sde, model, x_T, t_min, _, _ = problem("ou", "mixture")
     plain = sd.sample(sde, model, name, x_T=x_T, steps=10, keep_trajectory=True, **options)
-    denoised = sd.sample(sde, model, name, x_T=x_T, steps=10, keep_trajectory=True, denoise_to_zero=True, **options)
+    denoised = sd.sample(sde, model, name, x_T=x_T, steps=10, keep_trajectory=True, denoise=True, **options)
     assert denoised.nfe == plain.nfe + 1
     assert torch.allclose(denoised.x, model.x0(plain.x, t_min), rtol=1e-13, atol=1e-13)
     assert len(denoised.trajectory) == len(plain.trajectory) + 1
-    via_sample = sd.sample(sde, model, name, x_T=x_T, steps=10, denoise=True, **options)
-    assert torch.allclose(via_sample.x, denoised.x, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="denoise_to_zero' was removed: the final Tweedie step is sample"):
+        sd.sample(sde, model, name, x_T=x_T, steps=10, denoise_to_zero=True, **options)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +313,8 @@ def test_denoise_to_zero_returns_tweedie_at_t_min_for_one_more_evaluation(name, 
         ("unipc", {"order": 4}, "order must be 1, 2 or 3"),
         ("unipc", {"predict_x0": "yes"}, "predict_x0 must be True or False"),
         ("dpm_solver_pp_3m", {"lower_order_final": 1}, "lower_order_final must be True or False"),
-        ("dpm_solver_3", {"denoise_to_zero": "no"}, "denoise_to_zero must be True or False"),
+        ("dpm_solver_3", {"denoise_to_zero": True}, "'denoise_to_zero' was removed"),
+        ("adaptive_sde", {"denoise": True}, "'denoise' was removed"),
         ("sde_dpm_solver_pp_2m", {"solver_type": "rk4"}, "unknown solver_type"),
         ("sde_dpm_solver_pp_2m", {"eta": -1.0}, "eta must be"),
         ("adaptive_dpm_solver", {"order": 1}, "order must be 2"),

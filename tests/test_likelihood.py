@@ -15,8 +15,7 @@ from scipy import integrate
 
 import sde_diffusion as sd
 from sde_diffusion.likelihood import Quantization, bits_per_dim, draw_probes, evaluate_bits_per_dim, log_prob
-from sde_diffusion.solvers import SampleResult, Solver
-from sde_diffusion.solvers.control import StepController
+from sde_diffusion.solvers import AdaptiveController, DiffusionProblem, Solver
 
 from .helpers import observed_order
 
@@ -126,40 +125,44 @@ def test_nfe_is_what_the_wrapper_counted():
     assert model.nfe == scipy_run.nfe + 40
 
 
-class _HeunEulerAdaptive(Solver):
-    """A small embedded Heun(2)/Euler(1) pair that chooses its own steps, plugged in through `integrate`."""
+class _HeunEuler(Solver):
+    """A user's embedded Heun(2) / Euler(1) pair: a step with an error estimate, and the library's controller."""
 
     name = "heun_euler_test"
-    probability_flow = True
-    adaptive = True
+    order, error_order, evaluations_per_step, adaptive = 2, 1, 2, True
 
     def __init__(self, rtol: float = 1e-6, atol: float = 1e-6):
         self.rtol, self.atol = rtol, atol
 
-    def integrate(self, term, y, times, generator=None, **_):
-        t0, t1 = float(times[0]), float(times[-1])
-        control = StepController(self.rtol, self.atol)
-        t, h, accepted = torch.tensor(t0, dtype=y.dtype), torch.tensor((t1 - t0) / 100, dtype=y.dtype), 0
-        k1 = term.drift(y, t)
-        while (t1 - t) * math.copysign(1, t1 - t0) > 0:
-            h = torch.clamp(h, max=t1 - t) if t1 > t0 else torch.clamp(h, min=t1 - t)
-            k2 = term.drift(y + h * k1, t + h)
-            y_new = y + 0.5 * h * (k1 + k2)
-            accept, h_next = control.propose(h, control.error_ratio(0.5 * h * (k2 - k1), y_new, y), error_order=1)
-            if accept:
-                t, y, accepted = t + h, y_new, accepted + 1
-                k1 = term.drift(y, t)
-            h = h_next
-        return SampleResult(y, 0, torch.tensor([t0, t1]), stats={"accepted_steps": accepted})
+    def controller(self, times):
+        return AdaptiveController(self.rtol, self.atol, h_init=0.01).between(times[0], times[-1])
+
+    def step(self, term, y, t, t_next, state, generator):
+        h = (t_next - t).to(y.dtype)
+        k1 = term.drift(y, t.to(y.dtype))
+        k2 = term.drift(y + h * k1, t_next.to(y.dtype))
+        return y + 0.5 * h * (k1 + k2), 0.5 * h * (k2 - k1), state
 
 
 def test_an_adaptive_torch_solver_plugs_in():
     sde, mix = SDES["ou"], DATA["mix2d"]()
     x0 = mix.sample(8, torch.Generator().manual_seed(10))
     model = mix.score_model(sde)
-    result = log_prob(sde, model, x0, eps=EPS, method=_HeunEulerAdaptive(1e-5, 1e-5), prior_log_prob=mix.marginal(sde, sde.T).log_prob)
-    assert result.stats["accepted_steps"] > 10 and result.nfe > 2 * result.stats["accepted_steps"]
+    result = log_prob(sde, model, x0, eps=EPS, method=_HeunEuler(1e-5, 1e-5), prior_log_prob=mix.marginal(sde, sde.T).log_prob)
+    assert result.stats["accepted_steps"] > 10 and result.nfe >= 2 * result.stats["accepted_steps"]
+    assert result.nfe == 2 * result.stats["attempts"]
     assert _per_dim_error(result.log_prob, mix.marginal(sde, EPS).log_prob(x0), 2) < TOL_PER_DIM
+
+
+@pytest.mark.parametrize("method", ["heun", "rk4", "scipy", "bosh3", "dopri5", "tsit5"])
+def test_every_ode_solver_of_terms_integrates_the_likelihood(method):
+    """Every deterministic solver of generic terms, by name, the embedded pairs included (integrating in t, whatever
+    their log-SNR default for sampling), reaches the exact log p_eps."""
+    sde, mix = SDES["vp"], DATA["mix2d"]()
+    x0 = mix.sample(6, torch.Generator().manual_seed(12))
+    options = dict(steps=400) if method in ("heun", "rk4") else dict(rtol=1e-6, atol=1e-6)
+    result = log_prob(sde, mix.score_model(sde), x0, eps=1e-3, method=method, prior_log_prob=mix.marginal(sde, sde.T).log_prob, **options)
+    assert _per_dim_error(result.log_prob, mix.marginal(sde, 1e-3).log_prob(x0), 2) < TOL_PER_DIM
 
 
 # -- Hutchinson ----------------------------------------------------------------------------------------------------
@@ -335,15 +338,16 @@ def test_log_prob_rejects_bad_input(case):
         call(*_setup())
 
 
-def test_exponential_integrators_are_refused_clearly():
+def test_solvers_of_the_diffusion_problem_are_refused_clearly():
     class _ReadsTheSDE(Solver):
-        name, probability_flow = "reads_sde", True
+        name, needs = "reads_sde", DiffusionProblem
 
-        def step(self, term, x, t, t_next, context, generator):
-            return x * term.sde.alpha(t_next) / term.sde.alpha(t)
+        def step(self, problem, x, t, t_next, state, generator):
+            return x * problem.sde.alpha(t_next) / problem.sde.alpha(t), None, state
 
-    with pytest.raises(TypeError, match="generic ODE solvers"):
-        log_prob(*_setup(), method=_ReadsTheSDE(), steps=2)
+    for method in (_ReadsTheSDE(), "dpm_solver_pp_2m", "edm_heun"):
+        with pytest.raises(ValueError, match="steps the diffusion problem itself"):
+            log_prob(*_setup(), method=method, steps=2)
 
 
 def test_detached_network_is_refused():

@@ -178,6 +178,7 @@ def calibrate_grid(
         raise ValueError(f"{engine.name!r} is stochastic: a calibrated grid fits a deterministic solver's map x_T -> x_0")
     if engine.adaptive:
         raise ValueError(f"{engine.name!r} chooses its own steps: there is no grid to calibrate")
+    engine.problem(sde, model)  # the solver's own requirement on the SDE, before any work
     if not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (one step has no interior time to place); got {steps!r}")
     if not 0 <= trim < 1:

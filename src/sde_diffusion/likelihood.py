@@ -44,10 +44,12 @@ solve that checks the score is differentiable in x). The network must be differe
 in training mode): the trace sums per-sample gradients over the batch.
 
 Solvers. `method` is a scipy `solve_ivp` method (RK45, RK23, DOP853, Radau, BDF, LSODA; adaptive, with `rtol`,
-`atol`), or a torch ODE solver of the framework, by name or instance. Every solver integrates a term through
-`Solver.integrate(term, z0, times)`, here with `LikelihoodODE` as the term and times running from eps up to T:
-a fixed-step solver (euler, heun, rk4, or any `Solver` whose `step` only calls `term.drift`) walks `steps` steps
-of a time grid; an adaptive one (`adaptive = True`: scipy, or a torch embedded pair) uses only the endpoints.
+`atol`), or any deterministic solver of generic terms (`Solver.needs is Term`: euler, heun, rk4, scipy, bosh3,
+dopri5, tsit5, or a user's), by name or instance. The one loop `solvers.integrate` steps `LikelihoodODE` as the
+term, with times running from eps up to T: a fixed-step solver walks `steps` steps of a time grid; an adaptive one
+(scipy, an embedded pair, integrating in t whatever its `variable`) uses only the end points. The exponential
+integrators and EDM's samplers step the diffusion problem itself (they read alpha, sigma and the model's
+predictions), not an augmented state, and are refused with that reason.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from .reverse import ReverseSDE
 from .sampling import as_score_model
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
-from .solvers import ScipyODE, Solver, get, get_grid
+from .solvers import ScipyODE, Solver, Term, get, get_grid, integrate
 from .solvers.grids import TimeGrid
 from .tensors import sum_except_batch
 
@@ -154,8 +156,6 @@ class LikelihoodODE:
     backward passes (counted in `backward_passes`).
     """
 
-    is_probability_flow = True
-
     def __init__(self, flow: ReverseSDE, event_shape: torch.Size, divergence: str, probes: torch.Tensor | None = None):
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
@@ -186,6 +186,10 @@ class LikelihoodODE:
     def T(self) -> float:
         return self.flow.T
 
+    @property
+    def nfe(self) -> int:
+        return self.flow.nfe
+
     def pack(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
         """[x, delta] as one (B, D + 1) state; delta defaults to zero."""
         flat = x.reshape(len(x), -1)
@@ -214,16 +218,6 @@ class LikelihoodODE:
 
     def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(torch.as_tensor(t))
-
-    @property
-    def sde(self):
-        raise TypeError(
-            "this solver reads the SDE's coefficients itself (an exponential integrator?); the likelihood ODE "
-            "carries the divergence in an augmented state, which only generic ODE solvers (euler, heun, rk4, a "
-            "scipy method, or an adaptive torch solver) can integrate"
-        )
-
-    score = sde
 
     def __repr__(self):
         return f"LikelihoodODE({self.flow!r}, divergence={self.divergence!r})"
@@ -257,12 +251,13 @@ def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None
             raise ValueError(f"{e}. For scipy's adaptive solvers use method in {SCIPY_METHODS}") from None
     else:
         raise TypeError(f"method must be a scipy method name, a solver name or a Solver; got {type(method).__name__}")
-    if solver.stochastic or not solver.probability_flow:
-        raise ValueError(f"the likelihood needs an ODE solver of the probability flow; {solver!r} is not one")
-    if type(solver).integrate is Solver.integrate and type(solver).step is Solver.step:
+    if solver.stochastic:
+        raise ValueError(f"the likelihood needs an ODE solver of the probability flow; {solver!r} is stochastic")
+    if solver.needs is not Term:
         raise ValueError(
-            f"{solver.name} integrates only a score model's own reverse SDE, not the likelihood's augmented ODE; "
-            f"use a scipy method {SCIPY_METHODS} or a Runge-Kutta solver (euler, heun, rk4)"
+            f"{solver.name} steps the diffusion problem itself (it reads alpha, sigma and the model's predictions), "
+            f"not the likelihood's augmented ODE; use a scipy method {SCIPY_METHODS} or a solver of generic terms "
+            "(euler, heun, rk4, bosh3, dopri5, tsit5)"
         )
     if solver.adaptive and steps is not None:
         raise ValueError(f"steps applies to fixed-step solvers; {solver!r} chooses its own (set rtol/atol)")
@@ -335,9 +330,10 @@ def log_prob(
         times = torch.tensor([float(eps), float(sde.T)], dtype=x0.dtype, device=x0.device)
     else:
         times = _likelihood_times(sde, grid, solver.default_steps if steps is None else steps, float(eps))
-    out = solver.integrate(term, z0, times.to(dtype=x0.dtype, device=x0.device))
+    out = integrate(solver, term, z0, solver.controller(times.to(dtype=x0.dtype, device=x0.device)))
     z1 = out.x
-    stats = {"method": getattr(solver, "method", solver.name or type(solver).__name__), "steps": len(out.times) - 1, **out.stats}
+    steps = out.stats.get("accepted_steps", len(out.times) - 1)
+    stats = {"method": getattr(solver, "method", solver.name or type(solver).__name__), "steps": steps, **out.stats}
     if isinstance(solver, ScipyODE):
         stats.update(rtol=solver.rtol, atol=solver.atol)
     nfe = model.nfe - nfe_start

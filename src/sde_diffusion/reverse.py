@@ -37,6 +37,11 @@ class ReverseSDE:
     def T(self) -> float:
         return self.sde.T
 
+    @property
+    def nfe(self) -> int:
+        """The score model's evaluations so far (read by the solver loop for an NFE budget)."""
+        return self.score.nfe
+
     def drift(self, x: torch.Tensor, t: Time) -> torch.Tensor:
         """f(x, t) - g(t)^2 score(x, t) (halved for the probability flow)."""
         t = as_time(t, x)

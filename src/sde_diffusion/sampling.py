@@ -8,7 +8,7 @@ import torch
 
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
-from .solvers import SampleResult, Solver, get, get_grid
+from .solvers import NonFiniteError, SampleResult, Solver, get, get_grid, integrate
 from .solvers.grids import TimeGrid
 
 
@@ -46,11 +46,15 @@ def sample(
 
     Start from `x_T` or from `shape` prior draws. `steps` and `grid` set the time grid (defaults: the solver's
     `default_steps`, and its `default_grid` or else the SDE's; a sequence of times is used as given). With `denoise`, the last state is
-    replaced by Tweedie's E[x_0 | x_t_min] = (x - sigma eps) / alpha, one more function evaluation, counted.
-    `result.nfe` is what the score model's wrapper counted during this call.
+    replaced by Tweedie's E[x_0 | x_t_min] = (x - sigma eps) / alpha, one more function evaluation, counted: the
+    only way to end on the denoised prediction, for every solver. `result.nfe` is what the score model's wrapper
+    counted during this call. Everything is checked (the solver against the SDE included) before any evaluation.
     """
     model = as_score_model(sde, score)
     solver = get(solver, **solver_options)
+    if denoise and not isinstance(sde, LinearSDE):
+        raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses alpha and sigma)")
+    problem = solver.problem(sde, model)
     if (shape is None) == (x_T is None):
         raise ValueError("give exactly one of shape (to draw x_T from the prior) or x_T")
     if x_T is None:
@@ -63,11 +67,12 @@ def sample(
     grid = get_grid(grid if grid is not None else solver.default_grid or sde.default_grid)
     times = grid(sde, steps if steps is not None else solver.default_steps, t_min, t_max).to(x_T.dtype).to(x_T.device)
     nfe_start = model.nfe
-    result = solver.solve(model, x_T, times, generator, keep_trajectory=keep_trajectory, progress=progress)
+    result = integrate(solver, problem, x_T, solver.controller(times), generator, keep_trajectory=keep_trajectory, progress=progress)
     if denoise:
-        if not isinstance(sde, LinearSDE):
-            raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses alpha and sigma)")
         result.x = model.x0(result.x, times[-1])
+        if not torch.isfinite(result.x).all():
+            raise NonFiniteError(f"the final denoising step (Tweedie's E[x_0 | x_t] at t = {float(times[-1]):.6g}) "
+                                 "gave NaN or inf: check the score network's output there, or stop earlier (a larger t_min)")
         if keep_trajectory and result.trajectory is not None:
             result.trajectory.append(result.x)
     result.nfe = model.nfe - nfe_start

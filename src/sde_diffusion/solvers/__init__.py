@@ -1,13 +1,18 @@
 """Solvers, found by name: `names()` lists them, `get(name, **options)` builds one.
 
+The layer has four parts (see docs/architecture.md): the problems a solver integrates (`problems`), the solver as
+a step (`base`), step-size controllers (`control`), and the one loop that composes them (`loop.integrate`).
 The registry is a constant table; a new solver is added by importing its class here.
 """
 
 from __future__ import annotations
 
 from ..registry import build
-from .base import NonFiniteError, SampleResult, Solver, StepContext
-from .adaptive import AdaptiveSDE, Bosh3, Dopri5, StepSizeError, Tsit5
+from .base import GridState, NonFiniteError, SampleResult, Solver, SolverState
+from .control import AdaptiveController, FixedGrid, StepSizeController, StepSizeError
+from .loop import integrate
+from .problems import Chart, DiffusionProblem, LogSNRChart, Term
+from .adaptive import AdaptiveSDE, Bosh3, Dopri5, Tsit5
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
 from .edm import LMS, EDMHeun
 from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
@@ -57,18 +62,29 @@ def names() -> list[str]:
     return sorted(SOLVERS)
 
 
+REMOVED_OPTIONS = {
+    "denoise_to_zero": "the final Tweedie step is sample(..., denoise=True) for every solver (from Hydra: sample.denoise=true)",
+    "denoise": "the final Tweedie step is sample(..., denoise=True) for every solver (from Hydra: sample.denoise=true)",
+}
+"""Options that solvers no longer take, with what replaces them."""
+
+
 def get(name: str | Solver, **options) -> Solver:
     """The solver `name` built with `options`; unknown names and options fail with the valid choices."""
     if isinstance(name, Solver):
         if options:
             raise ValueError(f"options {sorted(options)} given with an already-built solver {name!r}")
         return name
+    for option, replacement in REMOVED_OPTIONS.items():
+        if option in options:
+            raise ValueError(f"solver option {option!r} was removed: {replacement}")
     return build("solver", SOLVERS, name, options)
 
 
 __all__ = [
-    "AnnealedLangevin", "Ancestral", "CORRECTORS", "Corrector", "EDMGrid", "Euler", "EulerMaruyama", "GRIDS",
-    "GivenGrid", "Heun", "Langevin", "LogSNRGrid", "NonFiniteError", "PredictorCorrector", "QuadraticGrid", "RK4",
-    "ReverseDiffusion", "SOLVERS", "SampleResult", "ScipyODE", "Solver", "StepContext", "TimeGrid", "TorchSDE",
-    "UniformGrid", "get", "get_grid", "names",
+    "AdaptiveController", "AnnealedLangevin", "Ancestral", "CORRECTORS", "Chart", "Corrector", "DiffusionProblem",
+    "EDMGrid", "Euler", "EulerMaruyama", "FixedGrid", "GRIDS", "GivenGrid", "GridState", "Heun", "Langevin",
+    "LogSNRChart", "LogSNRGrid", "NonFiniteError", "PredictorCorrector", "QuadraticGrid", "RK4", "ReverseDiffusion",
+    "SOLVERS", "SampleResult", "ScipyODE", "Solver", "SolverState", "StepSizeController", "StepSizeError", "Term",
+    "TimeGrid", "TorchSDE", "UniformGrid", "get", "get_grid", "integrate", "names",
 ]

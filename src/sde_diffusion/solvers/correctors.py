@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+from typing import Any
+
 from ..registry import build
 from ..tensors import append_dims
-from .base import Solver, StepContext, gaussian_noise
+from .base import Solver, gaussian_noise
+from .problems import DiffusionProblem
 
 
 class Corrector:
-    """Base class: `correct(term, x, t, t_next, generator)` runs `steps` Langevin updates at time t."""
+    """Base class: `correct(problem, x, t, t_next, generator)` runs `steps` Langevin updates at time t of the
+    diffusion problem (its score, and its SDE's alpha and sigma)."""
 
     name = ""
 
@@ -25,24 +30,21 @@ class Corrector:
             raise ValueError(f"corrector steps must be a non-negative integer; got {steps!r}")
         self.snr, self.steps = float(snr), steps
 
-    def step_size(self, term, x, t, t_next, grad, noise) -> torch.Tensor:
+    def step_size(self, problem, x, t, t_next, grad, noise) -> torch.Tensor:
         raise NotImplementedError
 
-    def correct(self, term, x, t, t_next, generator):
+    def correct(self, problem: DiffusionProblem, x, t, t_next, generator):
         for _ in range(self.steps):
-            grad = term.score.score(x, t)
+            grad = problem.score.score(x, t)
             noise = gaussian_noise(x, generator)
-            eps = append_dims(self.step_size(term, x, t, t_next, grad, noise), x.ndim)
+            eps = append_dims(self.step_size(problem, x, t, t_next, grad, noise), x.ndim)
             x = x + eps * grad + (2 * eps).sqrt() * noise
         return x
 
     @staticmethod
-    def _alpha(term, t, t_next) -> torch.Tensor:
+    def _alpha(problem, t, t_next) -> torch.Tensor:
         # The DDPM alpha_i = 1 - beta_i of the step, in the general form (alpha(t) / alpha(t_next))^2: 1 for VE.
-        sde = term.sde
-        if hasattr(sde, "alpha"):
-            return (sde.alpha(t) / sde.alpha(t_next)) ** 2
-        return torch.ones_like(t)
+        return (problem.sde.alpha(t) / problem.sde.alpha(t_next)) ** 2
 
     def __repr__(self):
         return f"{type(self).__name__}(snr={self.snr}, steps={self.steps})"
@@ -54,10 +56,10 @@ class Langevin(Corrector):
 
     name = "langevin"
 
-    def step_size(self, term, x, t, t_next, grad, noise):
+    def step_size(self, problem, x, t, t_next, grad, noise):
         grad_norm = grad.reshape(len(grad), -1).norm(dim=-1).mean()
         noise_norm = noise.reshape(len(noise), -1).norm(dim=-1).mean()
-        return 2 * self._alpha(term, t, t_next) * (self.snr * noise_norm / grad_norm) ** 2
+        return 2 * self._alpha(problem, t, t_next) * (self.snr * noise_norm / grad_norm) ** 2
 
 
 class AnnealedLangevin(Corrector):
@@ -65,8 +67,8 @@ class AnnealedLangevin(Corrector):
 
     name = "annealed_langevin"
 
-    def step_size(self, term, x, t, t_next, grad, noise):
-        return 2 * self._alpha(term, t, t_next) * (self.snr * term.sde.sigma(t)) ** 2
+    def step_size(self, problem, x, t, t_next, grad, noise):
+        return 2 * self._alpha(problem, t, t_next) * (self.snr * problem.sde.sigma(t)) ** 2
 
 
 class NoCorrector(Corrector):
@@ -79,23 +81,45 @@ class NoCorrector(Corrector):
 CORRECTORS: dict[str, type[Corrector]] = {c.name: c for c in (Langevin, AnnealedLangevin, NoCorrector)}
 
 
+@dataclass
+class PCState:
+    """The predictor's problem (the diffusion problem, or the term it steps) and its state."""
+
+    predictor_problem: Any
+    predictor_state: Any
+
+
 class PredictorCorrector(Solver):
-    """At each grid time: `corrector.steps` Langevin updates at t, then one predictor step to t_next."""
+    """At each grid time: `corrector.steps` Langevin updates at t, then one predictor step to t_next. Any fixed-step
+    predictor: a diffusion solver steps the problem itself, a solver of terms the reverse SDE or probability flow."""
 
     name = "pc"
-    stochastic = True
+    needs = DiffusionProblem
     default_steps = 1000
 
     def __init__(self, predictor: Solver | str = "reverse_diffusion", corrector: Corrector | str = "langevin", snr: float = 0.16, corrector_steps: int = 1):
         from . import get  # the registry imports this module
 
         self.predictor = get(predictor) if isinstance(predictor, str) else predictor
+        if self.predictor.adaptive:
+            raise ValueError(f"the predictor must be a fixed-step solver; {self.predictor.name} chooses its own steps")
         if isinstance(corrector, str):
             corrector = build("corrector", CORRECTORS, corrector, dict(snr=snr, steps=corrector_steps))
         self.corrector = corrector
-        self.probability_flow = self.predictor.probability_flow
-        self.order = self.predictor.order
 
-    def step(self, term, x, t, t_next, context: StepContext, generator):
-        x = self.corrector.correct(term, x, t, t_next, generator)
-        return self.predictor.step(term, x, t, t_next, context, generator)
+    @property
+    def order(self) -> float:
+        return self.predictor.order
+
+    @property
+    def stochastic(self) -> bool:
+        return self.corrector.steps > 0 or self.predictor.stochastic
+
+    def init(self, problem, x, times):
+        predictor_problem = self.predictor.problem(problem.sde, problem.score)
+        return PCState(predictor_problem, self.predictor.init(predictor_problem, x, times))
+
+    def step(self, problem, x, t, t_next, state: PCState, generator):
+        x = self.corrector.correct(problem, x, t, t_next, generator)
+        x, _, state.predictor_state = self.predictor.step(state.predictor_problem, x, t, t_next, state.predictor_state, generator)
+        return x, None, state

@@ -22,20 +22,15 @@ step of the method; EDM's last Euler step is `sample(..., denoise=True)`, one mo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..sde import LinearSDE
 from ..tensors import append_dims
-from .base import Solver, gaussian_noise
-
-
-def linear_sde(term, solver: Solver) -> LinearSDE:
-    """term.sde, which must be a LinearSDE (the change of variables needs alpha and log_snr)."""
-    if not isinstance(term.sde, LinearSDE):
-        raise ValueError(f"{solver.name} needs a LinearSDE (it works in x / alpha and sigma / alpha); got {term.sde!r}")
-    return term.sde
+from .base import GridState, Solver, gaussian_noise
+from .problems import DiffusionProblem
 
 
 def sigma_tilde(sde: LinearSDE, t: torch.Tensor) -> torch.Tensor:
@@ -49,12 +44,23 @@ def denoiser(score, x_tilde: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return score.x0(alpha * x_tilde, t)
 
 
-def grid_coefficients(sde: LinearSDE, context) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha and sigma_tilde on the whole time grid, computed once per solve and kept in `context.history`."""
-    if "alpha" not in context.history:
-        context.history["alpha"] = sde.alpha(context.times)
-        context.history["sigma_tilde"] = sigma_tilde(sde, context.times)
-    return context.history["alpha"], context.history["sigma_tilde"]
+@dataclass
+class EDMState(GridState):
+    """alpha and sigma_tilde on the whole grid, computed once per solve; LMS's past derivatives, newest first."""
+
+    alphas: torch.Tensor | None = None
+    sigmas: torch.Tensor | None = None
+    derivatives: list[torch.Tensor] = field(default_factory=list)
+
+
+class EDMSolver(Solver):
+    """Shared by both samplers: the diffusion problem, the EDM grid, alpha and sigma_tilde precomputed on it."""
+
+    needs = DiffusionProblem
+    default_grid = "edm"
+
+    def init(self, problem, x, times):
+        return EDMState(times, alphas=problem.sde.alpha(times), sigmas=sigma_tilde(problem.sde, times))
 
 
 def time_of_sigma_tilde(sde: LinearSDE, sig: torch.Tensor) -> torch.Tensor:
@@ -62,7 +68,7 @@ def time_of_sigma_tilde(sde: LinearSDE, sig: torch.Tensor) -> torch.Tensor:
     return sde.t_of_log_snr(-torch.log(sig)).to(sig.dtype)
 
 
-class EDMHeun(Solver):
+class EDMHeun(EDMSolver):
     """Karras et al. (2022), Algorithm 2: Heun's second-order method with stochastic churn, in (x_tilde, sigma_tilde).
 
     At grid level sigma_i (= sigma_tilde(t_i)), with gamma_i = min(S_churn / N, sqrt(2) - 1) when
@@ -80,8 +86,6 @@ class EDMHeun(Solver):
 
     name = "edm_heun"
     order = 2
-    probability_flow = True
-    default_grid = "edm"
     default_steps = 18
 
     def __init__(self, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0):
@@ -96,13 +100,13 @@ class EDMHeun(Solver):
     def stochastic(self) -> bool:
         return self.S_churn > 0
 
-    def step(self, term, x, t, t_next, context, generator):
-        sde, score, i = linear_sde(term, self), term.score, context.index
-        alphas, sigmas = grid_coefficients(sde, context)
+    def step(self, problem, x, t, t_next, state: EDMState, generator):
+        sde, score, i = problem.sde, problem.score, state.index
+        alphas, sigmas = state.alphas, state.sigmas
         sig, sig_next = sigmas[i], sigmas[i + 1]
         x_tilde = x / alphas[i]
         t_hat, sig_hat = t, sig
-        gamma = min(self.S_churn / context.n_steps, math.sqrt(2) - 1) if self.S_min <= float(sig) <= self.S_max else 0.0
+        gamma = min(self.S_churn / state.n_steps, math.sqrt(2) - 1) if self.S_min <= float(sig) <= self.S_max else 0.0
         if gamma > 0:
             sig_max = sigma_tilde(sde, torch.as_tensor(sde.T, dtype=sig.dtype, device=sig.device))
             sig_hat = torch.minimum(sig * (1 + gamma), sig_max)
@@ -112,7 +116,8 @@ class EDMHeun(Solver):
         x_euler = x_tilde + (sig_next - sig_hat) * d
         d_next = (x_euler - denoiser(score, x_euler, t_next)) / sig_next
         x_tilde = x_tilde + (sig_next - sig_hat) * 0.5 * (d + d_next)
-        return alphas[i + 1] * x_tilde
+        state.index += 1
+        return alphas[i + 1] * x_tilde, None, state
 
 
 def adams_bashforth_coefficients(nodes: list[float], target: float) -> list[float]:
@@ -130,7 +135,7 @@ def adams_bashforth_coefficients(nodes: list[float], target: float) -> list[floa
     return list(h * np.linalg.solve(vandermonde, 1.0 / (powers + 1)))
 
 
-class LMS(Solver):
+class LMS(EDMSolver):
     """Linear multistep (Adams-Bashforth) on the probability flow in (x_tilde, sigma_tilde), as k-diffusion's
     `sample_lms`, with coefficients exact for non-uniform steps:
 
@@ -144,8 +149,6 @@ class LMS(Solver):
     """
 
     name = "lms"
-    probability_flow = True
-    default_grid = "edm"
     default_steps = 50
 
     def __init__(self, order: int = 4):
@@ -153,15 +156,15 @@ class LMS(Solver):
             raise ValueError(f"order must be 1, 2, 3 or 4; got {order!r}")
         self.order = order
 
-    def step(self, term, x, t, t_next, context, generator):
-        sde, score, i = linear_sde(term, self), term.score, context.index
-        alphas, sigmas = grid_coefficients(sde, context)
+    def step(self, problem, x, t, t_next, state: EDMState, generator):
+        i, alphas, sigmas = state.index, state.alphas, state.sigmas
         x_tilde = x / alphas[i]
-        d = (x_tilde - denoiser(score, x_tilde, t)) / sigmas[i]
-        derivatives = context.history.setdefault("d", [])
+        d = (x_tilde - denoiser(problem.score, x_tilde, t)) / sigmas[i]
+        derivatives = state.derivatives
         derivatives.insert(0, d)
         del derivatives[self.order :]
         nodes = sigmas[i + 1 - len(derivatives) : i + 1].flip(0).tolist()  # sigma_i, sigma_{i-1}, ...
         weights = adams_bashforth_coefficients(nodes, float(sigmas[i + 1]))
         x_tilde = x_tilde + sum(c * d_j for c, d_j in zip(weights, derivatives))
-        return alphas[i + 1] * x_tilde
+        state.index += 1
+        return alphas[i + 1] * x_tilde, None, state

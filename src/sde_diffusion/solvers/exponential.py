@@ -29,25 +29,25 @@ Conventions shared by every solver in this module (and `unipc`):
   drop to order `min(order, steps left)`, so the final step is first order. This is the threshold of diffusers and
   of the DPM-Solver++ docstring (its code uses 10); it stabilises very short runs, and leaving longer runs alone
   keeps the asymptotic order of 3M/UniPC (a first-order last step has local error O(h^2)).
-- `denoise_to_zero` (default False, as in Lu et al.'s reference): after reaching the last grid time t_min, return
-  Tweedie's E[x_0 | x_{t_min}] = x0(x, t_min), one more evaluation, counted. It is the same operation as
-  `sample(..., denoise=True)`; set one of the two, not both. k-diffusion and diffusers (`final_sigmas_type="zero"`)
-  instead make the last step jump to sigma = 0, which returns the data prediction at the previous grid time and
-  costs no extra evaluation; here the grid always ends at t_min > 0, where lambda is finite.
+- the last step: the grid always ends at t_min > 0, where lambda is finite; `sample(..., denoise=True)` then returns
+  Tweedie's E[x_0 | x_{t_min}] = x0(x, t_min), one more evaluation, counted (Lu et al.'s `denoise_to_zero`).
+  k-diffusion and diffusers (`final_sigmas_type="zero"`) instead make the last step jump to sigma = 0, which
+  returns the data prediction at the previous grid time and costs no extra evaluation.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
+from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import torch
 
 from ..score import ScoreModel, eps_and_x0
 from ..sde import LinearSDE
-from .base import NonFiniteError, SampleResult, Solver, gaussian_noise
-from .control import StepController
+from .base import GridState, Solver, SolverState, check_bool, gaussian_noise
+from .control import AdaptiveController
+from .problems import DiffusionProblem, LogSNRChart
 
 LOWER_ORDER_FINAL_BELOW = 15
 """`lower_order_final` acts only on grids with fewer steps than this (diffusers' convention)."""
@@ -106,21 +106,6 @@ def predict(model: ScoreModel, x: torch.Tensor, p: Point, kind: str) -> torch.Te
     """The noise ("noise") or data ("data") prediction at (x, p.t): one network evaluation."""
     eps, x0 = predict_both(model, x, p)
     return eps if kind == "noise" else x0
-
-
-def require_linear(sde, solver: Solver) -> LinearSDE:
-    if not isinstance(sde, LinearSDE):
-        raise ValueError(
-            f"{solver.name} is an exponential integrator written in log-SNR and needs a LinearSDE "
-            f"(alpha, sigma, log_snr); got {type(sde).__name__}"
-        )
-    return sde
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
-    return value
 
 
 # -- first-order updates (exact for a constant prediction) ----------------------------------------------------
@@ -184,58 +169,46 @@ def dpm_solver_3_update(
 # -- the solvers ------------------------------------------------------------------------------------------------
 
 
-class ExponentialSolver(Solver):
-    """Shared behaviour: a LinearSDE is required, the log-SNR grid is the default, `denoise_to_zero` is honoured.
+@dataclass
+class ExponentialState(GridState):
+    """The grid, the step index, and the intermediate points of a singlestep solver on every step of the grid."""
 
-    Subclasses write `step(term, x, t, t_next, context, generator)` with `term.sde` and `term.score`.
+    stages: tuple[torch.Tensor, ...] | None = None  # (t, lambda, alpha, sigma), each (steps, len(fractions))
+
+
+class ExponentialSolver(Solver):
+    """Shared behaviour: the diffusion problem (a LinearSDE), the log-SNR grid by default.
+
+    Subclasses write `step(problem, x, t, t_next, state, generator)` with `problem.sde` and `problem.score`; a
+    singlestep solver lists the fractions r of its intermediate points lambda_s + r h in `fractions`.
     """
 
-    probability_flow: ClassVar[bool] = True
+    needs = DiffusionProblem
     default_grid: ClassVar[str] = "log_snr"
     default_steps: ClassVar[int] = 20
+    fractions: ClassVar[tuple[float, ...]] = ()
 
-    def __init__(self, denoise_to_zero: bool = False):
-        self.denoise_to_zero = check_bool("denoise_to_zero", denoise_to_zero)
+    def init(self, problem, x, times):
+        return ExponentialState(times, stages=self.stage_grid(problem.sde, times) if self.fractions else None)
 
-    def options(self):
-        """The constructor's arguments (derived attributes such as `stochastic` are left out)."""
-        return {p: getattr(self, p) for p in inspect.signature(type(self).__init__).parameters if p != "self"}
-
-    def solve(self, score, x_T, times, generator=None, *, keep_trajectory=False, progress=False) -> SampleResult:
-        require_linear(score.sde, self)
-        nfe_start = score.nfe
-        result = super().solve(score, x_T, times, generator, keep_trajectory=keep_trajectory, progress=progress)
-        return self.finish(score, result, times[-1], nfe_start)
-
-    def finish(self, score: ScoreModel, result: SampleResult, t_end: torch.Tensor, nfe_start: int) -> SampleResult:
-        """Apply `denoise_to_zero` and recount the NFE."""
-        if self.denoise_to_zero:
-            result.x = score.x0(result.x, t_end)
-            if result.trajectory is not None:
-                result.trajectory.append(result.x)
-        result.nfe = score.nfe - nfe_start
-        return result
+    def stage_grid(self, sde: LinearSDE, times: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The intermediate points lambda_s + r h (r in `fractions`) of every step, in one vectorised `t_of_log_snr`
+        call: for an SDE whose inverse is numerical (a user-built one, by bisection) one inversion per solve."""
+        lam = sde.log_snr(times)
+        r = torch.tensor(self.fractions, dtype=lam.dtype, device=lam.device)
+        stage_lam = lam[:-1, None] + (lam[1:] - lam[:-1])[:, None] * r
+        stage_t = sde.t_of_log_snr(stage_lam).to(lam.dtype)
+        return stage_t, stage_lam, sde.alpha(stage_t), sde.sigma(stage_t)
 
     @staticmethod
-    def points(term, t, t_next) -> tuple[Point, Point]:
-        return point(term.sde, t), point(term.sde, t_next)
+    def points(problem, t, t_next) -> tuple[Point, Point]:
+        return point(problem.sde, t), point(problem.sde, t_next)
 
     @staticmethod
-    def stage_points(term, context, fractions: tuple[float, ...]) -> list[Point]:
-        """The intermediate points lambda_s + r h (r in `fractions`) of the current step.
-
-        They are computed for the whole grid at the first step, in one vectorised `t_of_log_snr` call: for an SDE
-        whose inverse is numerical (a user-built one, by bisection) that is one inversion per solve, not per step.
-        """
-        key = ("stages", fractions)
-        if key not in context.history:
-            lam = term.sde.log_snr(context.times)
-            r = torch.tensor(fractions, dtype=lam.dtype, device=lam.device)
-            stage_lam = lam[:-1, None] + (lam[1:] - lam[:-1])[:, None] * r
-            stage_t = term.sde.t_of_log_snr(stage_lam).to(lam.dtype)
-            context.history[key] = (stage_t, stage_lam, term.sde.alpha(stage_t), term.sde.sigma(stage_t))
-        t, lam, alpha, sigma = (v[context.index] for v in context.history[key])
-        return [Point(*(v[k] for v in (t, lam, alpha, sigma))) for k in range(len(fractions))]
+    def stage_points(state: ExponentialState) -> list[Point]:
+        """The intermediate points of the current step."""
+        t, lam, alpha, sigma = (v[state.index] for v in state.stages)
+        return [Point(*(v[k] for v in (t, lam, alpha, sigma))) for k in range(len(t))]
 
 
 class DDIM(ExponentialSolver):
@@ -253,21 +226,22 @@ class DDIM(ExponentialSolver):
     order = 1
     default_steps = 50
 
-    def __init__(self, eta: float = 0.0, denoise_to_zero: bool = False):
-        super().__init__(denoise_to_zero)
+    def __init__(self, eta: float = 0.0):
         if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
             raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: ancestral sampling); got {eta!r}")
         self.eta = float(eta)
-        self.stochastic = self.eta > 0
-        self.probability_flow = self.eta == 0
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        eps, x0 = predict_both(term.score, x, s)
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        eps, x0 = predict_both(problem.score, x, s)
         if self.eta == 0:
-            return t.alpha * x0 + t.sigma * eps
+            return t.alpha * x0 + t.sigma * eps, None, state
         var = self.eta**2 * t.sigma**2 * -torch.expm1(-2 * (t.lam - s.lam))
-        return t.alpha * x0 + (t.sigma**2 - var).sqrt() * eps + var.sqrt() * gaussian_noise(x, generator)
+        return t.alpha * x0 + (t.sigma**2 - var).sqrt() * eps + var.sqrt() * gaussian_noise(x, generator), None, state
 
 
 class DPMSolver1(ExponentialSolver):
@@ -277,9 +251,9 @@ class DPMSolver1(ExponentialSolver):
     name = "dpm_solver_1"
     order = 1
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        return noise_first_order(x, predict(term.score, x, s, "noise"), s, t)
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        return noise_first_order(x, predict(problem.score, x, s, "noise"), s, t), None, state
 
 
 class DPMSolver2(ExponentialSolver):
@@ -287,11 +261,14 @@ class DPMSolver2(ExponentialSolver):
 
     name = "dpm_solver_2"
     order = 2
+    fractions = (0.5,)
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        (s1,) = self.stage_points(term, context, (0.5,))
-        return dpm_solver_2_update(term.score, x, predict(term.score, x, s, "noise"), s, t, r1=0.5, s1=s1)[0]
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        (s1,) = self.stage_points(state)
+        x_t, _ = dpm_solver_2_update(problem.score, x, predict(problem.score, x, s, "noise"), s, t, r1=0.5, s1=s1)
+        state.index += 1
+        return x_t, None, state
 
 
 class DPMSolver3(ExponentialSolver):
@@ -299,11 +276,13 @@ class DPMSolver3(ExponentialSolver):
 
     name = "dpm_solver_3"
     order = 3
+    fractions = (1 / 3, 2 / 3)
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        stages = self.stage_points(term, context, (1 / 3, 2 / 3))
-        return dpm_solver_3_update(term.score, x, predict(term.score, x, s, "noise"), s, t, stages=stages)
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        stages = self.stage_points(state)
+        state.index += 1
+        return dpm_solver_3_update(problem.score, x, predict(problem.score, x, s, "noise"), s, t, stages=stages), None, state
 
 
 class DPMSolverPP2S(ExponentialSolver):
@@ -319,17 +298,28 @@ class DPMSolverPP2S(ExponentialSolver):
     name = "dpm_solver_pp_2s"
     order = 2
     r = 0.5
+    fractions = (r,)
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        x0_s = predict(term.score, x, s, "data")
-        (s1,) = self.stage_points(term, context, (self.r,))
-        x0_s1 = predict(term.score, data_first_order(x, x0_s, s, s1), s1, "data")
-        return data_first_order(x, (1 - 0.5 / self.r) * x0_s + 0.5 / self.r * x0_s1, s, t)
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        x0_s = predict(problem.score, x, s, "data")
+        (s1,) = self.stage_points(state)
+        x0_s1 = predict(problem.score, data_first_order(x, x0_s, s, s1), s1, "data")
+        state.index += 1
+        return data_first_order(x, (1 - 0.5 / self.r) * x0_s + 0.5 / self.r * x0_s1, s, t), None, state
+
+
+@dataclass
+class MultistepState(GridState):
+    """The past log-SNRs and model predictions (newest last), and UniPC's corrector evaluation at the current point."""
+
+    lams: list[torch.Tensor] = field(default_factory=list)
+    predictions: list[torch.Tensor] = field(default_factory=list)
+    corrector_prediction: torch.Tensor | None = None
 
 
 class MultistepSolver(ExponentialSolver):
-    """A multistep solver: one evaluation per step, the previous ones kept in `context.history`.
+    """A multistep solver: one evaluation per step, the previous ones kept in its `MultistepState`.
 
     The first steps have too little history and run at order 1, 2, ... (Lu et al. 2022b, Alg. 2). With
     `lower_order_final` and a grid of fewer than 15 steps, step i of N runs at order min(order, N - i).
@@ -337,25 +327,26 @@ class MultistepSolver(ExponentialSolver):
 
     max_order: ClassVar[int] = 3
 
-    def __init__(self, lower_order_final: bool = True, denoise_to_zero: bool = False):
-        super().__init__(denoise_to_zero)
+    def __init__(self, lower_order_final: bool = True):
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
 
-    def step_order(self, context, available: int) -> int:
+    def init(self, problem, x, times):
+        return MultistepState(times)
+
+    def step_order(self, state: MultistepState, available: int) -> int:
         """The order this step can run at: limited by the history and, near the end, by `lower_order_final`."""
         order = min(self.order, available)
-        if self.lower_order_final and context.n_steps < LOWER_ORDER_FINAL_BELOW:
-            order = min(order, context.n_steps - context.index)
+        if self.lower_order_final and state.n_steps < LOWER_ORDER_FINAL_BELOW:
+            order = min(order, state.n_steps - state.index)
         return order
 
     @staticmethod
-    def remember(context, lam: torch.Tensor, value: torch.Tensor, keep: int) -> tuple[list, list]:
+    def remember(state: MultistepState, lam: torch.Tensor, value: torch.Tensor, keep: int) -> tuple[list, list]:
         """Append (lambda, prediction) to the history, keep the last `keep`, return (lambdas, values), newest last."""
-        lams, values = context.history.setdefault("lam", []), context.history.setdefault("model", [])
-        lams.append(lam)
-        values.append(value)
-        del lams[:-keep], values[:-keep]
-        return lams, values
+        state.lams.append(lam)
+        state.predictions.append(value)
+        del state.lams[:-keep], state.predictions[:-keep]
+        return state.lams, state.predictions
 
 
 def data_multistep_update(x: torch.Tensor, lams: list, x0s: list, s: Point, t: Point, order: int) -> torch.Tensor:
@@ -396,10 +387,12 @@ class DPMSolverPP2M(MultistepSolver):
     name = "dpm_solver_pp_2m"
     order = 2
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        lams, x0s = self.remember(context, s.lam, predict(term.score, x, s, "data"), self.order)
-        return data_multistep_update(x, lams, x0s, s, t, self.step_order(context, len(x0s)))
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        lams, x0s = self.remember(state, s.lam, predict(problem.score, x, s, "data"), self.order)
+        x = data_multistep_update(x, lams, x0s, s, t, self.step_order(state, len(x0s)))
+        state.index += 1
+        return x, None, state
 
 
 class DPMSolverPP3M(DPMSolverPP2M):
@@ -426,28 +419,29 @@ class SDEDPMSolverPP2M(MultistepSolver):
 
     name = "sde_dpm_solver_pp_2m"
     order = 2
-    stochastic = True
-    probability_flow = False
     default_steps = 50  # whitened covariance bias on Gaussian data (VP): 0.067 at 20 steps, 0.014 at 50, 0.006 at 100
     SOLVER_TYPES = ("midpoint", "heun")
 
-    def __init__(self, eta: float = 1.0, solver_type: str = "midpoint", lower_order_final: bool = True, denoise_to_zero: bool = False):
-        super().__init__(lower_order_final, denoise_to_zero)
+    def __init__(self, eta: float = 1.0, solver_type: str = "midpoint", lower_order_final: bool = True):
+        super().__init__(lower_order_final)
         if not (isinstance(eta, (int, float)) and eta >= 0 and math.isfinite(eta)):
             raise ValueError(f"eta must be a finite number >= 0 (1: the reverse SDE, 0: the ODE); got {eta!r}")
         if solver_type not in self.SOLVER_TYPES:
             raise ValueError(f"unknown solver_type {solver_type!r}; choose one of {self.SOLVER_TYPES}")
         self.eta, self.solver_type = float(eta), solver_type
-        self.stochastic = self.eta > 0
 
-    def step(self, term, x, t, t_next, context, generator):
-        s, t = self.points(term, t, t_next)
-        lams, x0s = self.remember(context, s.lam, predict(term.score, x, s, "data"), 2)
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def step(self, problem, x, t, t_next, state, generator):
+        s, t = self.points(problem, t, t_next)
+        lams, x0s = self.remember(state, s.lam, predict(problem.score, x, s, "data"), 2)
         h = t.lam - s.lam
         eta_h = self.eta * h
         weight = -torch.expm1(-h - eta_h)  # 1 - e^{-(1+eta) h}
         x = (t.sigma / s.sigma) * torch.exp(-eta_h) * x + t.alpha * weight * x0s[-1]
-        if self.step_order(context, len(x0s)) == 2:
+        if self.step_order(state, len(x0s)) == 2:
             d1_0 = (x0s[-1] - x0s[-2]) * h / (lams[-1] - lams[-2])
             if self.solver_type == "midpoint":
                 x = x + 0.5 * t.alpha * weight * d1_0
@@ -455,33 +449,40 @@ class SDEDPMSolverPP2M(MultistepSolver):
                 x = x + t.alpha * (1 - weight / (h + eta_h)) * d1_0
         if self.eta > 0:
             x = x + t.sigma * (-torch.expm1(-2 * eta_h)).sqrt() * gaussian_noise(x, generator)
-        return x
+        state.index += 1
+        return x, None, state
 
 
-class AdaptiveDPMSolver(ExponentialSolver):
-    """Adaptive-step DPM-Solver (Lu et al. 2022, Alg. 4 / Appendix: DPM-Solver-12 and DPM-Solver-23).
+@dataclass
+class AdaptiveDPMState(SolverState):
+    """The noise prediction at the current point, once made: a rejected try reuses it."""
+
+    eps: torch.Tensor | None = None
+
+
+class AdaptiveDPMSolver(Solver):
+    """Adaptive-step DPM-Solver (Lu et al. 2022, Alg. 4 / Appendix: DPM-Solver-12 and DPM-Solver-23), as a step with
+    an error estimate in the log-SNR lambda.
 
     From lambda_s, a step of size h in lambda is taken by a pair of singlestep solvers sharing evaluations:
     order 2 pairs DPM-Solver-1 with DPM-Solver-2 (r1 = 1/2; 2 NFE per try), order 3 pairs DPM-Solver-2 (r1 = 1/3)
-    with DPM-Solver-3 (r1 = 1/3, r2 = 2/3; 3 NFE per try). Their difference is the error estimate; the shared
-    `StepController` scales it by atol + rtol max(|x_high|, |x_s|), takes the RMS per sample and the worst
-    sample, accepts the step when that is <= 1 (keeping the higher-order result), and proposes
-    h_next = h * clip(safety * ratio^(-1/order), 0.2, 5), capped at the distance to lambda_end. After a rejected
-    try the evaluation at x_s is reused (the reference recomputes it). Defaults are the paper's: h_init = 0.05,
-    atol = 0.0078, rtol = 0.05, safety (theta) = 0.9 (atol is sized for images in [-1, 1]: tighten it for others).
+    with DPM-Solver-3 (r1 = 1/3, r2 = 2/3; 3 NFE per try). Their difference is the error estimate; the controller
+    scales it by atol + rtol max(|x_high|, |x_s|), takes the RMS per sample and the worst sample, accepts the step
+    when that is <= 1 (keeping the higher-order result), and proposes h_next = h * clip(safety * ratio^(-1/order),
+    0.2, 5), capped at the distance to lambda_end. After a rejected try the evaluation at x_s is reused (the
+    reference recomputes it). Defaults are the paper's: h_init = 0.05 (the first step in lambda), atol = 0.0078,
+    rtol = 0.05, safety (theta) = 0.9 (atol is sized for images in [-1, 1]: tighten it for others).
 
-    `max_nfe` caps the work rather than replacing the error control: a step is never shorter than
-    (lambda left) / (tries the budget still pays for), and a step of that floor length is accepted whatever its
-    error estimate. The solve therefore always ends within `max_nfe` evaluations; while the tolerances are met
-    within budget it changes nothing. `stats["budget_limited_steps"]` counts the steps the budget forced.
-    It does not search for the tolerance that would spend the budget exactly.
-
-    `result.stats`: accepted_steps, rejected_steps, budget_limited_steps, nfe. `result.times`: the accepted times.
+    `max_nfe`: the NFE budget of every adaptive solver (`control.py`): a step is never shorter than (lambda left) /
+    (tries the budget still pays for), and a step of that floor length is accepted whatever its error estimate.
+    `result.stats`: see `control.AdaptiveController.stats`. `result.times`: the accepted times.
     """
 
-    adaptive = True
     name = "adaptive_dpm_solver"
-    order = 3
+    adaptive = True
+    needs = DiffusionProblem
+    default_grid = "log_snr"
+    default_steps = 20
 
     def __init__(
         self,
@@ -491,18 +492,39 @@ class AdaptiveDPMSolver(ExponentialSolver):
         h_init: float = 0.05,
         safety: float = 0.9,
         max_nfe: int | None = None,
-        denoise_to_zero: bool = False,
     ):
-        super().__init__(denoise_to_zero)
         if order not in (2, 3):
             raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23); got {order!r}")
         if not (isinstance(h_init, (int, float)) and h_init > 0):
             raise ValueError(f"h_init (the first step in log-SNR) must be positive; got {h_init!r}")
         if max_nfe is not None and not (isinstance(max_nfe, int) and max_nfe >= order):
             raise ValueError(f"max_nfe must be an integer >= order ({order}), the cost of one step; got {max_nfe!r}")
-        self.controller = StepController(rtol=rtol, atol=atol, safety=safety, norm="rms", per_sample=True)
         self.order, self.rtol, self.atol, self.safety = order, float(rtol), float(atol), float(safety)
         self.h_init, self.max_nfe = float(h_init), max_nfe
+        self._controller = AdaptiveController(rtol, atol, batch_norm="max", safety=safety, factor_max=5.0,
+                                              first_step=self.h_init, max_nfe=max_nfe)
+
+    @property
+    def error_order(self) -> int:
+        return self.order - 1
+
+    @property
+    def evaluations_per_step(self) -> int:
+        return self.order
+
+    def attempt_cost(self, state: AdaptiveDPMState) -> int:
+        return self.order - (state.eps is not None)
+
+    def problem(self, sde, score):
+        problem = super().problem(sde, score)
+        problem.chart = LogSNRChart(problem.sde)
+        return problem
+
+    def controller(self, times):
+        return self._controller.between(times[0], times[-1])
+
+    def init(self, problem, x, times):
+        return AdaptiveDPMState()
 
     def pair(self, model, x, eps_s, s: Point, t: Point):
         """(x_low, x_high) of orders (order - 1, order), sharing evaluations."""
@@ -511,51 +533,9 @@ class AdaptiveDPMSolver(ExponentialSolver):
         x_low, eps_s1 = dpm_solver_2_update(model, x, eps_s, s, t, r1=1 / 3)
         return x_low, dpm_solver_3_update(model, x, eps_s, s, t, 1 / 3, 2 / 3, eps_s1=eps_s1)
 
-    def solve(self, score, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
-        sde = require_linear(score.sde, self)
-        nfe_start = score.nfe
-        s, end = point(sde, times[0]), point(sde, times[-1])
-        lam_span = float(end.lam - s.lam)
-        h = torch.as_tensor(min(self.h_init, lam_span), dtype=s.lam.dtype, device=s.lam.device)
-        x, eps_s = x_T, None
-        visited, trajectory = [s.t], [x_T] if keep_trajectory else None
-        accepted = rejected = forced = 0
-        while float(end.lam - s.lam) > 1e-12 * max(1.0, abs(lam_span)):
-            remaining = end.lam - s.lam
-            floor = None
-            if self.max_nfe is not None:
-                tries_left = (self.max_nfe - (score.nfe - nfe_start) + (eps_s is not None)) // self.order
-                floor = remaining / max(tries_left, 1)
-                if h < floor:
-                    h = floor
-            if h >= remaining * (1 - 1e-12):
-                h, t = remaining, end
-            else:
-                t = point_at_log_snr(sde, s.lam + h)
-            if eps_s is None:
-                eps_s = predict(score, x, s, "noise")
-            x_low, x_high = self.pair(score, x, eps_s, s, t)
-            ratio = self.controller.error_ratio(x_high - x_low, x_high, x).max()
-            if not torch.isfinite(ratio):
-                raise NonFiniteError(f"{self.name}: NaN or inf in a step from t = {float(s.t):.6g} to {float(t.t):.6g}")
-            accept, h_next = self.controller.propose(h, ratio, error_order=self.order - 1)
-            is_forced = floor is not None and bool(h <= floor * (1 + 1e-12))
-            if bool(accept) or is_forced:
-                accepted += 1
-                forced += int(is_forced and not bool(accept))
-                x, s, eps_s = x_high, t, None
-                visited.append(t.t)
-                if keep_trajectory:
-                    trajectory.append(x)
-            else:
-                rejected += 1
-                if h_next < 1e-10 * abs(lam_span):
-                    raise NonFiniteError(
-                        f"{self.name}: the step size underflowed at t = {float(s.t):.6g}; loosen rtol/atol or check the score"
-                    )
-            h = h_next
-        stats = {"accepted_steps": accepted, "rejected_steps": rejected, "budget_limited_steps": forced}
-        result = SampleResult(x, 0, torch.stack(visited), trajectory, stats)
-        result = self.finish(score, result, end.t, nfe_start)
-        stats["nfe"] = result.nfe
-        return result
+    def step(self, problem, x, lam, lam_next, state: AdaptiveDPMState, generator):
+        s, t = point_at_log_snr(problem.sde, lam), point_at_log_snr(problem.sde, lam_next)
+        if state.eps is None:
+            state.eps = predict(problem.score, x, s, "noise")  # kept in the given state: a retry reuses it
+        x_low, x_high = self.pair(problem.score, x, state.eps, s, t)
+        return x_high, x_high - x_low, AdaptiveDPMState()

@@ -1,14 +1,18 @@
-"""Probability-flow ODE solvers: explicit Runge-Kutta steps in torch, and scipy's `solve_ivp`.
+"""Explicit Runge-Kutta steps for any ODE term, and scipy's `solve_ivp` as a step.
 
-The ODE is `dx/dt = F(x, t) = f(x, t) - g(t)^2 score(x, t) / 2`, integrated from T down to t_min (h < 0).
+For sampling the term is the probability flow `dx/dt = F(x, t) = f(x, t) - g(t)^2 score(x, t) / 2`, integrated from
+T down to t_min (h < 0); for the likelihood it is the augmented ODE, integrated upwards. The steps read only
+`term.drift`, so they integrate any term on any SDE.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from .base import SampleResult, Solver, check_finite, NonFiniteError
+from .base import NonFiniteError, Solver, SolverState
 
 
 class Euler(Solver):
@@ -16,10 +20,9 @@ class Euler(Solver):
 
     name = "euler"
     order = 1
-    probability_flow = True
 
-    def step(self, term, x, t, t_next, context, generator):
-        return x + (t_next - t) * term.drift(x, t)
+    def step(self, term, x, t, t_next, state, generator):
+        return x + (t_next - t) * term.drift(x, t), None, state
 
 
 class Heun(Solver):
@@ -27,13 +30,12 @@ class Heun(Solver):
 
     name = "heun"
     order = 2
-    probability_flow = True
 
-    def step(self, term, x, t, t_next, context, generator):
+    def step(self, term, x, t, t_next, state, generator):
         h = t_next - t
         k1 = term.drift(x, t)
         k2 = term.drift(x + h * k1, t_next)
-        return x + 0.5 * h * (k1 + k2)
+        return x + 0.5 * h * (k1 + k2), None, state
 
 
 class RK4(Solver):
@@ -41,27 +43,35 @@ class RK4(Solver):
 
     name = "rk4"
     order = 4
-    probability_flow = True
 
-    def step(self, term, x, t, t_next, context, generator):
+    def step(self, term, x, t, t_next, state, generator):
         h = t_next - t
         k1 = term.drift(x, t)
         k2 = term.drift(x + 0.5 * h * k1, t + 0.5 * h)
         k3 = term.drift(x + 0.5 * h * k2, t + 0.5 * h)
         k4 = term.drift(x + h * k3, t_next)
-        return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), None, state
+
+
+@dataclass
+class ScipyState(SolverState):
+    """What scipy reported over the solve."""
+
+    nfev: int = 0
+    steps: int = 0
+
+    def stats(self):
+        return {"scipy_nfev": self.nfev, "accepted_steps": self.steps}
 
 
 class ScipyODE(Solver):
-    """scipy.integrate.solve_ivp on the flattened batch (one system, as in Song et al. 2021).
-
-    Only the grid's endpoints are used; scipy picks its own steps. The NFE reported is what the wrapper counted
-    (scipy's own `nfev` is in `stats`).
+    """scipy.integrate.solve_ivp on the flattened batch (one system, as in Song et al. 2021), as one step over the
+    whole interval: scipy chooses its own steps inside it, so `sample` hands it only the grid's end points.
+    The NFE reported is what the wrapper counted (scipy's own `nfev` is in `stats`).
     """
 
     name = "scipy"
     order = 5
-    probability_flow = True
     adaptive = True
 
     def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
@@ -71,27 +81,31 @@ class ScipyODE(Solver):
             raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}")
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
 
-    def integrate(self, term, x, times, generator=None, *, keep_trajectory=False, progress=False):
+    def controller(self, times):
+        from .control import FixedGrid
+
+        return FixedGrid(times[[0, -1]])
+
+    def init(self, term, x, times):
+        return ScipyState()
+
+    def step(self, term, x, t, t_next, state, generator):
         from scipy.integrate import solve_ivp
 
         shape, dtype, device = x.shape, x.dtype, x.device
 
-        def rhs(t, y):
-            state = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
-            dx = term.drift(state, torch.tensor(t, dtype=dtype, device=device))
+        def rhs(s, y):
+            value = torch.as_tensor(y, dtype=dtype, device=device).reshape(shape)
+            dx = term.drift(value, torch.tensor(s, dtype=dtype, device=device))
             if not torch.isfinite(dx).all():
-                raise NonFiniteError(f"scipy {self.method}: the drift is NaN or inf at t = {t:.6g}")
+                raise NonFiniteError(f"scipy {self.method}: the drift is NaN or inf at t = {s:.6g}")
             return dx.detach().cpu().numpy().reshape(-1).astype(np.float64)
 
-        t0, t1 = float(times[0]), float(times[-1])
-        y0 = x.detach().cpu().numpy().reshape(-1).astype(np.float64)
-        sol = solve_ivp(rhs, (t0, t1), y0, method=self.method, rtol=self.rtol, atol=self.atol)
+        t0, t1 = float(t), float(t_next)
+        sol = solve_ivp(rhs, (t0, t1), x.detach().cpu().numpy().reshape(-1).astype(np.float64),
+                        method=self.method, rtol=self.rtol, atol=self.atol)
         if not sol.success:
             raise RuntimeError(f"scipy {self.method} failed between t = {t0:g} and {t1:g}: {sol.message}")
-        x = torch.as_tensor(sol.y[:, -1], dtype=dtype, device=device).reshape(shape)
-        check_finite(x, self, len(sol.t) - 2, len(sol.t) - 1, sol.t[-2], sol.t[-1])
-        trajectory = None
-        if keep_trajectory:
-            trajectory = [torch.as_tensor(y, dtype=dtype, device=device).reshape(shape) for y in sol.y.T]
-        stats = {"scipy_nfev": int(sol.nfev), "accepted_steps": len(sol.t) - 1}
-        return SampleResult(x, 0, torch.as_tensor(sol.t), trajectory, stats)
+        state.nfev += int(sol.nfev)
+        state.steps += len(sol.t) - 1
+        return torch.as_tensor(sol.y[:, -1], dtype=dtype, device=device).reshape(shape), None, state

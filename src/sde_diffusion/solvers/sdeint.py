@@ -14,9 +14,12 @@ so Ito and Stratonovich forms coincide and every torchsde method applies. Browni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from .base import SampleResult, Solver, check_finite
+from .base import GridState, Solver
 
 STRATONOVICH_ONLY = ("reversible_heun", "heun", "midpoint", "euler_heun")
 METHODS = ("euler", "milstein", "srk") + STRATONOVICH_ONLY
@@ -43,10 +46,19 @@ class _TimeChanged(torch.nn.Module):
         return self.term.diffusion(t) * (-dt_ds).sqrt() * torch.ones_like(y)
 
 
-class TorchSDE(Solver):
-    """`torchsde.sdeint` with `method` in euler, milstein, srk, reversible_heun, heun, midpoint, euler_heun.
+@dataclass
+class TorchSDEState(GridState):
+    """torchsde's solver object on the time-changed SDE, and its own state between steps."""
 
-    One torchsde step per grid interval, through the piecewise-linear time change above.
+    solver: Any = None
+    extra: Any = None
+    s: torch.Tensor | None = None  # torchsde's own time: the grid index
+
+
+class TorchSDE(Solver):
+    """torchsde's SDE solvers (`method` in euler, milstein, srk, reversible_heun, heun, midpoint, euler_heun) as our
+    steps: one torchsde step per grid interval, through the piecewise-linear time change above, with torchsde's own
+    solver object and its extra state carried between steps (as `sdeint` does internally).
     """
 
     name = "torchsde"
@@ -58,24 +70,37 @@ class TorchSDE(Solver):
             raise ValueError(f"unknown torchsde method {method!r}; choose one of {METHODS}")
         self.method = method
 
-    def integrate(self, term, x_T, times, generator=None, *, keep_trajectory=False, progress=False):
+    def init(self, term, x, times):
+        return TorchSDEState(times)
+
+    def start(self, term, x, times, generator):
+        """torchsde's solver and its first extra state, with a Brownian interval seeded from `generator`."""
         import torchsde
+        from torchsde._core import methods
+        from torchsde._core.sdeint import check_contract
 
         sde_type = "stratonovich" if self.method in STRATONOVICH_ONLY else "ito"
-        system = _TimeChanged(term, x_T.shape, times, sde_type)
-        y0 = x_T.reshape(len(x_T), -1)
+        y0 = x.reshape(len(x), -1)
         n_steps = len(times) - 1
-        ts = torch.arange(n_steps + 1 if keep_trajectory else 2, dtype=x_T.dtype, device=x_T.device)
-        ts[-1] = n_steps  # with a trajectory, the state at every grid time; else only the end
+        ts = torch.arange(n_steps + 1, dtype=x.dtype, device=x.device)
         entropy = None
         if generator is not None:
             entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
         bm = torchsde.BrownianInterval(
-            t0=0.0, t1=float(n_steps), size=y0.shape, dtype=x_T.dtype, device=x_T.device, entropy=entropy,
+            t0=0.0, t1=float(n_steps), size=y0.shape, dtype=x.dtype, device=x.device, entropy=entropy,
             levy_area_approximation="space-time" if self.method == "srk" else "none",
         )
-        ys = torchsde.sdeint(system, y0, ts, bm=bm, method=self.method, dt=1.0)
-        x = ys[-1].reshape(x_T.shape)
-        check_finite(x, self, len(times) - 2, len(times) - 1, times[-2], times[-1])
-        trajectory = [y.reshape(x_T.shape) for y in ys] if keep_trajectory else None
-        return SampleResult(x, 0, times, trajectory)
+        sde, y0, ts, bm, method, options = check_contract(_TimeChanged(term, x.shape, times, sde_type), y0, ts, bm,
+                                                          self.method, False, {}, None, False)
+        solver = methods.select(method=method, sde_type=sde.sde_type)(
+            sde=sde, bm=bm, dt=1.0, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5, options=options
+        )
+        return solver, solver.init_extra_solver_state(ts[0], y0), ts
+
+    def step(self, term, x, t, t_next, state: TorchSDEState, generator):
+        if state.solver is None:  # the Brownian interval is seeded from the first step's generator
+            state.solver, state.extra, state.s = self.start(term, x, state.times, generator)
+        i = state.index
+        y, state.extra = state.solver.step(state.s[i], state.s[i + 1], x.reshape(len(x), -1), state.extra)
+        state.index += 1
+        return y.reshape(x.shape), None, state

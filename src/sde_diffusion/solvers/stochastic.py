@@ -1,22 +1,16 @@
 """Stochastic predictors for the reverse SDE: Euler-Maruyama, reverse diffusion, ancestral (DDPM) sampling.
 
 Each takes its coefficients from the SDE (drift, g, or the exact Gaussian transition of a LinearSDE), never from
-a schedule table, so it runs on any SDE the interface can express.
+a schedule table: Euler-Maruyama steps any term (any SDE), the other two the diffusion problem (any LinearSDE).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..sde import LinearSDE
 from ..tensors import append_dims
 from .base import Solver, gaussian_noise
-
-
-def _require_linear(term, solver: Solver) -> LinearSDE:
-    if not isinstance(term.sde, LinearSDE):
-        raise ValueError(f"{solver.name} needs a LinearSDE (it uses the exact Gaussian transition); got {term.sde!r}")
-    return term.sde
+from .problems import DiffusionProblem
 
 
 class EulerMaruyama(Solver):
@@ -27,10 +21,10 @@ class EulerMaruyama(Solver):
     stochastic = True
     default_steps = 1000
 
-    def step(self, term, x, t, t_next, context, generator):
+    def step(self, term, x, t, t_next, state, generator):
         dt = t_next - t
         g = append_dims(term.diffusion(t), x.ndim)
-        return x + term.drift(x, t) * dt + g * (-dt).sqrt() * gaussian_noise(x, generator)
+        return x + term.drift(x, t) * dt + g * (-dt).sqrt() * gaussian_noise(x, generator), None, state
 
 
 class ReverseDiffusion(Solver):
@@ -42,14 +36,14 @@ class ReverseDiffusion(Solver):
 
     name = "reverse_diffusion"
     stochastic = True
+    needs = DiffusionProblem
     default_steps = 1000
 
-    def step(self, term, x, t, t_next, context, generator):
-        sde = _require_linear(term, self)
-        a, v = sde.transition(t_next, t)
+    def step(self, problem, x, t, t_next, state, generator):
+        a, v = problem.sde.transition(t_next, t)
         a, v = append_dims(a, x.ndim), append_dims(v, x.ndim)
-        mean = (2 - a) * x + v * term.score.score(x, t)
-        return mean + v.sqrt() * gaussian_noise(x, generator)
+        mean = (2 - a) * x + v * problem.score.score(x, t)
+        return mean + v.sqrt() * gaussian_noise(x, generator), None, state
 
 
 class Ancestral(Solver):
@@ -62,6 +56,7 @@ class Ancestral(Solver):
 
     name = "ancestral"
     stochastic = True
+    needs = DiffusionProblem
     default_steps = 1000
     VARIANCES = ("posterior", "forward", "interpolated")
 
@@ -72,13 +67,13 @@ class Ancestral(Solver):
             raise ValueError(f"interpolation must lie in [0, 1]; got {interpolation}")
         self.variance, self.interpolation = variance, float(interpolation)
 
-    def step(self, term, x, t, t_next, context, generator):
-        sde = _require_linear(term, self)
-        mean, posterior_var = sde.posterior(term.score.x0(x, t), x, t, t_next)
+    def step(self, problem, x, t, t_next, state, generator):
+        sde = problem.sde
+        mean, posterior_var = sde.posterior(problem.score.x0(x, t), x, t, t_next)
         if self.variance == "posterior":
             var = posterior_var
         else:
             forward_var = append_dims(sde.transition(t_next, t)[1], x.ndim)
             w = 1.0 if self.variance == "forward" else self.interpolation
             var = torch.exp(w * forward_var.log() + (1 - w) * posterior_var.log())
-        return mean + var.sqrt() * gaussian_noise(x, generator)
+        return mean + var.sqrt() * gaussian_noise(x, generator), None, state

@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from .exponential import MultistepSolver, check_bool, data_first_order, noise_first_order, phi, predict
+from .base import check_bool
+from .exponential import MultistepSolver, data_first_order, noise_first_order, phi, predict
 
 
 def unipc_coefficients(rks: list[torch.Tensor], hh: torch.Tensor, B_h: torch.Tensor):
@@ -40,7 +41,7 @@ class UniPC(MultistepSolver):
     O(h^3) local errors with small constants: the observed slope lies between 3 and 4 (3.4-3.7 in
     tests/test_exponential.py). `corrector=False` gives the bare UniP-`order` predictor (order `order`).
     `predict_x0` (default True) integrates the data prediction, False the noise prediction.
-    `lower_order_final` and `denoise_to_zero` as in `exponential`. Defaults: order 2, bh2 (diffusers' defaults;
+    `lower_order_final` as in `exponential`. Defaults: order 2, bh2 (diffusers' defaults;
     bh2 is the paper's advice for more than ~10 steps, bh1 for fewer).
     """
 
@@ -54,9 +55,8 @@ class UniPC(MultistepSolver):
         predict_x0: bool = True,
         corrector: bool = True,
         lower_order_final: bool = True,
-        denoise_to_zero: bool = False,
     ):
-        super().__init__(lower_order_final, denoise_to_zero)
+        super().__init__(lower_order_final)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3; got {order!r}")
         if variant not in self.VARIANTS:
@@ -65,14 +65,14 @@ class UniPC(MultistepSolver):
         self.predict_x0 = check_bool("predict_x0", predict_x0)
         self.corrector = check_bool("corrector", corrector)
 
-    def step(self, term, x, t, t_next, context, generator):
-        model, kind = term.score, "data" if self.predict_x0 else "noise"
-        s, t = self.points(term, t, t_next)
-        m_s = context.history.pop("corrector_model", None)  # the model at t from the last corrector, if any
+    def step(self, problem, x, t, t_next, state, generator):
+        model, kind = problem.score, "data" if self.predict_x0 else "noise"
+        s, t = self.points(problem, t, t_next)
+        m_s, state.corrector_prediction = state.corrector_prediction, None  # the model at t from the last corrector
         if m_s is None:
             m_s = predict(model, x, s, kind)
-        lams, ms = self.remember(context, s.lam, m_s, self.order)
-        order = self.step_order(context, len(ms))
+        lams, ms = self.remember(state, s.lam, m_s, self.order)
+        order = self.step_order(state, len(ms))
 
         h = t.lam - s.lam
         hh = -h if self.predict_x0 else h
@@ -89,9 +89,10 @@ class UniPC(MultistepSolver):
         if order >= 2:
             rhos_p = [torch.full_like(h, 0.5)] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
             x_t = base - scale * sum(rho * d for rho, d in zip(rhos_p, D))
-        if self.corrector and not context.is_last:
+        if self.corrector and not state.is_last:
             m_t = predict(model, x_t, t, kind)
             rhos_c = [torch.full_like(h, 0.5)] if order == 1 else torch.linalg.solve(R, b)
             x_t = base - scale * (sum(rho * d for rho, d in zip(rhos_c[:-1], D)) + rhos_c[-1] * (m_t - ms[-1]))
-            context.history["corrector_model"] = m_t
-        return x_t
+            state.corrector_prediction = m_t
+        state.index += 1
+        return x_t, None, state

@@ -1,0 +1,100 @@
+"""The one integration loop: a solver's steps over the times a controller chooses (diffrax's `diffeqsolve`).
+
+It owns what every solve shares: the change to the solver's variable and back (the problem's chart), accepting or
+rejecting each attempt as the controller says (continuing from the state passed in after a rejection), stepping
+only the samples still running when the controller gives each sample its own step, the finiteness check that names
+the step and the time, the trajectory, the progress bar, the statistics (one set of keys for every adaptive solve)
+and the NFE, read off the problem's counter (the score model's wrapper).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SampleResult, Solver, check_finite
+from .control import FixedGrid, StepSizeController
+from .problems import chart_of
+
+
+def integrate(
+    solver: Solver,
+    problem,
+    x: torch.Tensor,
+    controller: StepSizeController,
+    generator: torch.Generator | None = None,
+    *,
+    keep_trajectory: bool = False,
+    progress: bool = False,
+) -> SampleResult:
+    """Integrate `problem` (what `solver.problem` built, or any term for a solver of terms) from x at
+    `controller.t_start` to `controller.t_end`. `result.nfe` is what `problem.nfe` counted (0 if it counts nothing)."""
+    chart, counter = chart_of(problem), (lambda: getattr(problem, "nfe", 0))
+    nfe_start, t_start, t_end = counter(), controller.t_start, controller.t_end
+    times = chart.variable(controller.times)
+    y = chart.state(x, t_start)
+    state = solver.init(problem, y, times)
+    control = controller.start(solver, problem, state, y, times)
+    per_sample = getattr(controller, "per_sample", False)
+    trajectory, visited = ([x] if keep_trajectory else None), [times[0]]
+    sample_evaluations = torch.full((len(x),), counter() - nfe_start, dtype=torch.long, device=x.device) if per_sample else None
+    bar = _progress_bar(progress, solver.name or type(solver).__name__)
+    while (proposal := controller.propose(control, solver, state, counter() - nfe_start)) is not None:
+        idx, s, s_next = proposal
+        y_part, state_part = (y, state) if idx is None else (y[idx], state.select(idx))
+        before = counter()
+        y_next, error, state_next = solver.step(problem, y_part, s, s_next, state_part, generator)
+        if not torch.isfinite(y_next).all():
+            t, t_next = (chart.time(v if v.ndim == 0 else v[0]) for v in (s, s_next))
+            check_finite(y_next, solver, control.attempts + 1, _of(controller), t, t_next)
+        accepted = controller.adapt(control, proposal, error, *solver.error_scale(y_part, y_next, state_part, state_next))
+        if idx is None:
+            if bool(accepted):
+                y, state = y_next, state_next
+                visited.append(s_next)
+                if keep_trajectory:
+                    trajectory.append(chart.sample(y, s_next))
+            else:
+                state = state_part
+        else:
+            sample_evaluations[idx] += counter() - before
+            y = y.clone()
+            y[idx[accepted]] = y_next[accepted]
+            state = state.merge(idx, state_next.where(accepted, state_part))
+        bar(controller.progress(control))
+    bar(None)
+    x = chart.sample(y, times[-1], t_end)
+    nfe = counter() - nfe_start
+    if isinstance(controller, FixedGrid):
+        stats, out_times = {}, controller.times
+    else:
+        stats = controller.stats(control, nfe)
+        out_times = torch.stack([t_start, t_end]) if per_sample else chart.time(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in visited]))
+        if not per_sample:
+            out_times[0], out_times[-1] = t_start, t_end
+        if per_sample:
+            stats["evaluations_per_sample"] = float(sample_evaluations.double().mean())
+    stats.update(state.stats() if hasattr(state, "stats") else {})
+    if keep_trajectory:
+        trajectory[-1 if len(trajectory) > 1 else len(trajectory):] = [x]
+    return SampleResult(x, nfe, out_times, trajectory, stats)
+
+
+def _of(controller) -> int | str:
+    return controller.n_steps if isinstance(controller, FixedGrid) else "an adaptive run"
+
+
+def _progress_bar(enabled: bool, name: str):
+    """A callable taking the fraction done (None closes it); a no-op unless enabled."""
+    if not enabled:
+        return lambda fraction: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, desc=name, leave=False)
+
+    def update(fraction):
+        if fraction is None:
+            bar.close()
+        else:
+            bar.update(max(0, int(1000 * fraction) - bar.n))
+
+    return update
