@@ -64,7 +64,7 @@ from .reverse import ReverseSDE
 from .sampling import as_score_model
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
-from .solvers import ScipyODE, Solver, Term, get, get_grid, integrate
+from .solvers import SOLVERS, ScipyODE, Solver, Term, get, get_grid, integrate
 from .solvers.grids import TimeGrid
 from .tensors import sum_except_batch
 
@@ -245,6 +245,8 @@ def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None
         solver = method
     elif isinstance(method, str):
         tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+        if method in SOLVERS and SOLVERS[method].adaptive:  # Song et al.'s 1e-5, as for the scipy methods
+            tolerances = {"rtol": 1e-5, "atol": 1e-5, **tolerances}
         try:
             solver = get(method, **tolerances)
         except ValueError as e:
@@ -304,8 +306,9 @@ def log_prob(
     """log p_eps(x0) = log p_T(x(T)) + int_eps^T div F(x(t), t) dt along the probability flow started at x(eps) = x0.
 
     `score` is a `ScoreModel` of `sde` (or a callable `(x, t) -> score`). `method`: a scipy method name (adaptive,
-    `rtol`/`atol`, default 1e-5 each as in Song et al.), or a torch solver by name or instance (fixed-step ones take
-    `steps` on `grid`, default uniform in log-SNR for a linear SDE). `divergence`: "exact" (D backward passes per
+    `rtol`/`atol`, default 1e-5 each as in Song et al.), or a torch solver of terms by name or instance (fixed-step
+    ones take `steps` on `grid`, default uniform in log-SNR for a linear SDE; the embedded pairs by name take
+    `rtol`/`atol`, default 1e-5 too). `divergence`: "exact" (D backward passes per
     evaluation: small D) or "hutchinson" with `n_probes` `probe` vectors drawn from `generator` once per call.
     `prior_log_prob` replaces `sde.prior_log_prob` as the log-density at T. The whole batch is one ODE system.
     See the module docstring for what p_eps means, the prior at T, and how the NFE is counted.

@@ -47,6 +47,8 @@ class StepSizeController:
 
     t_start: torch.Tensor
     t_end: torch.Tensor
+    per_sample: bool = False  # True: each sample its own steps, and the loop steps only the samples still running
+    steps_label: int | str = "an adaptive run"  # how error messages count the steps ("step 3 of 10")
 
     @property
     def times(self) -> torch.Tensor:
@@ -61,6 +63,14 @@ class StepSizeController:
 
     def adapt(self, control: "Control", proposal, error, y_next, y):
         """Judge an attempt: True (or a per-sample mask) where it is accepted. `y_next` and `y` scale the tolerance."""
+        raise NotImplementedError
+
+    def progress(self, control: "Control") -> float:
+        """The fraction of the interval done (for the progress bar)."""
+        raise NotImplementedError
+
+    def stats(self, control: "Control", nfe: int) -> dict[str, Any]:
+        """What the solve reports in `SampleResult.stats`."""
         raise NotImplementedError
 
 
@@ -82,6 +92,14 @@ class Control:
     ratio_prev: torch.Tensor | None = None
     just_rejected: torch.Tensor | bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _write(control: Control, name: str, idx: torch.Tensor | None, value: torch.Tensor) -> None:
+    """control.name = value for the whole batch (idx None), else control.name[idx] = value."""
+    if idx is None:
+        setattr(control, name, value)
+    else:
+        getattr(control, name)[idx] = value
 
 
 class FixedGrid(StepSizeController):
@@ -106,6 +124,8 @@ class FixedGrid(StepSizeController):
     def n_steps(self) -> int:
         return len(self.grid) - 1
 
+    steps_label = n_steps
+
     def start(self, solver, problem, state, y, times):
         return Control(s=times[0], end=times[-1], extra={"times": times})
 
@@ -125,6 +145,9 @@ class FixedGrid(StepSizeController):
 
     def progress(self, control) -> float:
         return control.index / self.n_steps
+
+    def stats(self, control, nfe: int) -> dict[str, Any]:
+        return {}
 
 
 NORMS = ("rms", "max")
@@ -223,8 +246,9 @@ class AdaptiveController(StepSizeController):
         else:
             h = torch.full(shape, self.h_init * span, dtype=torch.float64, device=y.device)
         control.h, control.h_prev, control.ratio_prev = h, torch.zeros_like(h), torch.ones_like(h)
-        zeros = torch.zeros(shape, dtype=torch.long, device=y.device)
-        control.accepted, control.rejected, control.budget_limited = zeros, zeros.clone(), zeros.clone()
+        if self.per_sample:
+            zeros = torch.zeros(shape, dtype=torch.long, device=y.device)
+            control.accepted, control.rejected, control.budget_limited = zeros, zeros.clone(), zeros.clone()
         control.just_rejected = torch.zeros(shape, dtype=torch.bool, device=y.device)
         control.extra["initial_step"] = float(h.mean())
         return control
@@ -242,7 +266,7 @@ class AdaptiveController(StepSizeController):
             )
         s, h = (control.s, control.h) if idx is None else (control.s[idx], control.h[idx])
         remaining = (control.end - s).abs()
-        forced = torch.zeros_like(s, dtype=torch.bool)
+        forced = False
         if self.max_nfe is not None:
             cost = solver.attempt_cost(state if idx is None else state.select(idx))
             left = self.max_nfe - spent
@@ -262,7 +286,6 @@ class AdaptiveController(StepSizeController):
         idx, s, s_next = proposal
         if error is None:
             raise ValueError("an adaptive controller needs a solver that returns an error estimate")
-        rows = ... if idx is None else idx
         step, forced = control.step, control.forced
         ratio = self.error_ratio(error, y_next, reference).to(torch.float64)
         control.attempts += 1
@@ -270,24 +293,33 @@ class AdaptiveController(StepSizeController):
         error_order = control.extra["error_order"]
         exponent = self.exponent if self.exponent is not None else 1.0 / (error_order + 1)
         h_next = step * (self.safety * ratio.clamp(min=1e-10) ** (-exponent)).clamp(self.factor_min, self.factor_max)
+        rows = ... if idx is None else idx
         if self.predictive:
             h_prev, ratio_prev = control.h_prev[rows], control.ratio_prev[rows]
             predicted = self.predictive_step(step, h_prev, ratio, ratio_prev, error_order)
             h_next = torch.where(ok & (h_prev > 0), torch.minimum(h_next, predicted), h_next)
-            control.h_prev[rows] = torch.where(ok, step, h_prev)
-            control.ratio_prev[rows] = torch.where(ok, ratio.clamp(min=1e-2), ratio_prev)
+            _write(control, "h_prev", idx, torch.where(ok, step, h_prev))
+            _write(control, "ratio_prev", idx, torch.where(ok, ratio.clamp(min=1e-2), ratio_prev))
         if self.hold_after_reject:
             h_next = torch.where(ok & control.just_rejected[rows], torch.minimum(h_next, step), h_next)
-            control.just_rejected[rows] = ~ok
+            _write(control, "just_rejected", idx, ~ok)
         accept = ok | forced
-        control.h[rows] = h_next
-        control.s[rows] = torch.where(accept, s_next.to(torch.float64), s.to(torch.float64))
-        control.accepted[rows] += accept.long()
-        control.rejected[rows] += (~accept).long()
-        control.budget_limited[rows] += (forced & ~ok).long()
+        _write(control, "h", idx, h_next)
+        if idx is None:  # one step for the batch: the bookkeeping in plain numbers
+            accepted = bool(accept)
+            control.s = (s_next if accepted else s).to(torch.float64)
+            control.accepted += accepted
+            control.rejected += not accepted
+            control.budget_limited += accepted and not bool(ok)
+            if not accepted:
+                self.check_underflow(h_next, s, control)
+            return accepted
+        control.s[idx] = torch.where(accept, s_next.to(torch.float64), s.to(torch.float64))
+        control.accepted[idx] += accept.long()
+        control.rejected[idx] += (~accept).long()
+        control.budget_limited[idx] += (accept & ~ok).long()
         if not accept.all():
-            rejected = ~accept
-            self.check_underflow(h_next[rejected] if h_next.ndim else h_next, s[rejected] if s.ndim else s, control)
+            self.check_underflow(h_next[~accept], s[~accept], control)
         return accept
 
     def progress(self, control) -> float:

@@ -455,8 +455,9 @@ class SDEDPMSolverPP2M(MultistepSolver):
 
 @dataclass
 class AdaptiveDPMState(SolverState):
-    """The noise prediction at the current point, once made: a rejected try reuses it."""
+    """The current point's coefficients and, once made, its noise prediction: a rejected try reuses both."""
 
+    point: Point | None = None
     eps: torch.Tensor | None = None
 
 
@@ -534,8 +535,10 @@ class AdaptiveDPMSolver(Solver):
         return x_low, dpm_solver_3_update(model, x, eps_s, s, t, 1 / 3, 2 / 3, eps_s1=eps_s1)
 
     def step(self, problem, x, lam, lam_next, state: AdaptiveDPMState, generator):
-        s, t = point_at_log_snr(problem.sde, lam), point_at_log_snr(problem.sde, lam_next)
+        if state.point is None:
+            state.point = point_at_log_snr(problem.sde, lam)
+        s, t = state.point, point_at_log_snr(problem.sde, lam_next)
         if state.eps is None:
             state.eps = predict(problem.score, x, s, "noise")  # kept in the given state: a retry reuses it
         x_low, x_high = self.pair(problem.score, x, state.eps, s, t)
-        return x_high, x_high - x_low, AdaptiveDPMState()
+        return x_high, x_high - x_low, AdaptiveDPMState(point=t)

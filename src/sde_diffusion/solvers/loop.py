@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SampleResult, Solver, check_finite
-from .control import FixedGrid, StepSizeController
+from .base import SampleResult, Solver, SolverState, check_finite
+from .control import StepSizeController
 from .problems import chart_of
 
 
@@ -34,9 +34,9 @@ def integrate(
     y = chart.state(x, t_start)
     state = solver.init(problem, y, times)
     control = controller.start(solver, problem, state, y, times)
-    per_sample = getattr(controller, "per_sample", False)
+    per_sample = controller.per_sample
     trajectory, visited = ([x] if keep_trajectory else None), [times[0]]
-    sample_evaluations = torch.full((len(x),), counter() - nfe_start, dtype=torch.long, device=x.device) if per_sample else None
+    sample_evaluations = torch.full((len(x),), counter() - nfe_start, dtype=torch.long, device=x.device)
     bar = _progress_bar(progress, solver.name or type(solver).__name__)
     while (proposal := controller.propose(control, solver, state, counter() - nfe_start)) is not None:
         idx, s, s_next = proposal
@@ -45,7 +45,7 @@ def integrate(
         y_next, error, state_next = solver.step(problem, y_part, s, s_next, state_part, generator)
         if not torch.isfinite(y_next).all():
             t, t_next = (chart.time(v if v.ndim == 0 else v[0]) for v in (s, s_next))
-            check_finite(y_next, solver, control.attempts + 1, _of(controller), t, t_next)
+            check_finite(y_next, solver, control.attempts + 1, controller.steps_label, t, t_next)
         accepted = controller.adapt(control, proposal, error, *solver.error_scale(y_part, y_next, state_part, state_next))
         if idx is None:
             if bool(accepted):
@@ -64,23 +64,16 @@ def integrate(
     bar(None)
     x = chart.sample(y, times[-1], t_end)
     nfe = counter() - nfe_start
-    if isinstance(controller, FixedGrid):
-        stats, out_times = {}, controller.times
+    stats = {**controller.stats(control, nfe), **(state.stats() if isinstance(state, SolverState) else {})}
+    if per_sample:  # the samples visited different times: only the ends are common
+        out_times = controller.times
+        stats["evaluations_per_sample"] = float(sample_evaluations.double().mean())
     else:
-        stats = controller.stats(control, nfe)
-        out_times = torch.stack([t_start, t_end]) if per_sample else chart.time(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in visited]))
-        if not per_sample:
-            out_times[0], out_times[-1] = t_start, t_end
-        if per_sample:
-            stats["evaluations_per_sample"] = float(sample_evaluations.double().mean())
-    stats.update(state.stats() if hasattr(state, "stats") else {})
-    if keep_trajectory:
-        trajectory[-1 if len(trajectory) > 1 else len(trajectory):] = [x]
+        out_times = chart.time(torch.stack([v.to(times.dtype) for v in visited]))
+        out_times[0], out_times[-1] = t_start, t_end
+    if keep_trajectory:  # its last entry is exactly the result
+        trajectory[len(trajectory) - 1 if len(trajectory) > 1 else 1:] = [x]
     return SampleResult(x, nfe, out_times, trajectory, stats)
-
-
-def _of(controller) -> int | str:
-    return controller.n_steps if isinstance(controller, FixedGrid) else "an adaptive run"
 
 
 def _progress_bar(enabled: bool, name: str):
