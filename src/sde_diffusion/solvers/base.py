@@ -31,22 +31,8 @@ import torch
 from ..reverse import ReverseSDE
 from ..score import ScoreModel
 from ..sde import SDE
+from .loop import NonFiniteError, SampleResult, check_finite, integrate  # noqa: F401  (the loop's names, re-exported)
 from .problems import DiffusionProblem, Term
-
-
-class NonFiniteError(FloatingPointError):
-    """NaN or inf appeared in the state while sampling."""
-
-
-@dataclass
-class SampleResult:
-    """What a solve returns: the sample, the NFE the wrapper counted, the times visited, optional trajectory."""
-
-    x: torch.Tensor
-    nfe: int
-    times: torch.Tensor
-    trajectory: list[torch.Tensor] | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def per_sample(**kwargs):
@@ -182,8 +168,6 @@ class Solver:
               *, keep_trajectory: bool = False, progress: bool = False) -> "SampleResult":
         """Integrate the problem of `score` from x_T along `times` (the grid, or its end points for an adaptive
         solver) with this solver's own controller: `sample` without its defaults and checks."""
-        from .loop import integrate
-
         return integrate(self, self.problem(score.sde, score), x_T, self.controller(times), generator,
                          keep_trajectory=keep_trajectory, progress=progress)
 
@@ -195,16 +179,6 @@ class Solver:
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
-
-
-def check_finite(x: torch.Tensor, solver: Solver, step: int, of: int | str, t, t_next) -> None:
-    """Raise NonFiniteError naming the step and times when x holds NaN or inf."""
-    if not torch.isfinite(x).all():
-        raise NonFiniteError(
-            f"{solver.name or type(solver).__name__}: NaN or inf after step {step} of {of} "
-            f"(t = {float(t):.6g} -> {float(t_next):.6g}). Check the score network's output at that time, "
-            "use more steps, or stop earlier (a larger t_min)."
-        )
 
 
 def gaussian_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -9,15 +9,45 @@ and the NFE, read off the problem's counter (the score model's wrapper).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from .base import SampleResult, Solver, SolverState, check_finite
 from .control import StepSizeController
 from .problems import chart_of
 
+if TYPE_CHECKING:
+    from .base import Solver
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or inf appeared in the state while sampling."""
+
+
+@dataclass
+class SampleResult:
+    """What a solve returns: the sample, the NFE the wrapper counted, the times visited, optional trajectory."""
+
+    x: torch.Tensor
+    nfe: int
+    times: torch.Tensor
+    trajectory: list[torch.Tensor] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def check_finite(x: torch.Tensor, solver: "Solver", step: int, of: int | str, t, t_next) -> None:
+    """Raise NonFiniteError naming the step and times when x holds NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(
+            f"{solver.name or type(solver).__name__}: NaN or inf after step {step} of {of} "
+            f"(t = {float(t):.6g} -> {float(t_next):.6g}). Check the score network's output at that time, "
+            "use more steps, or stop earlier (a larger t_min)."
+        )
+
 
 def integrate(
-    solver: Solver,
+    solver: "Solver",
     problem,
     x: torch.Tensor,
     controller: StepSizeController,
@@ -64,7 +94,7 @@ def integrate(
     bar(None)
     x = chart.sample(y, times[-1], t_end)
     nfe = counter() - nfe_start
-    stats = {**controller.stats(control, nfe), **(state.stats() if isinstance(state, SolverState) else {})}
+    stats = {**controller.stats(control, nfe), **(state.stats() if hasattr(state, "stats") else {})}
     if per_sample:  # the samples visited different times: only the ends are common
         out_times = controller.times
         stats["evaluations_per_sample"] = float(sample_evaluations.double().mean())
