@@ -134,13 +134,6 @@ class RungeKuttaState(SolverState):
     derivative: torch.Tensor | None = per_sample(default=None)
 
 
-def _check_budget_options(max_nfe, max_steps) -> None:
-    if max_nfe is not None and not (isinstance(max_nfe, int) and not isinstance(max_nfe, bool) and max_nfe > 0):
-        raise ValueError(f"max_nfe must be a positive integer or None; got {max_nfe!r}")
-    if not (isinstance(max_steps, int) and max_steps > 0):
-        raise ValueError(f"max_steps must be a positive integer; got {max_steps!r}")
-
-
 class EmbeddedRungeKutta(Solver):
     """An explicit Runge-Kutta step with an embedded error estimate, for any ODE term.
 
@@ -185,18 +178,17 @@ class EmbeddedRungeKutta(Solver):
     ):
         if variable not in VARIABLES:
             raise ValueError(f"unknown variable {variable!r}; choose one of {VARIABLES}")
-        _check_budget_options(max_nfe, max_steps)
+        self._controller = AdaptiveController(  # checks its options
+            rtol, atol, norm=norm, per_sample=per_sample, safety=safety, factor_min=factor_min, factor_max=factor_max,
+            predictive=predictive, hold_after_reject=True, h_init=h_init, stretch=stretch, max_nfe=max_nfe,
+            max_steps=max_steps,
+        )
         start_cost = 1 if h_init is not None else 2
         if max_nfe is not None and max_nfe < start_cost + self.evaluations_per_step:
             raise ValueError(
                 f"max_nfe={max_nfe} is too small for {self.name}: starting takes {start_cost} evaluation(s) and one "
                 f"step {self.evaluations_per_step}; give at least {start_cost + self.evaluations_per_step}"
             )
-        self._controller = AdaptiveController(
-            rtol, atol, norm=norm, per_sample=per_sample, safety=safety, factor_min=factor_min, factor_max=factor_max,
-            predictive=predictive, hold_after_reject=True, h_init=h_init, stretch=stretch, max_nfe=max_nfe,
-            max_steps=max_steps,
-        )
         self.rtol, self.atol, self.norm, self.per_sample, self.variable = float(rtol), float(atol), norm, bool(per_sample), variable
         self.h_init, self.safety, self.factor_min, self.factor_max = h_init, safety, factor_min, factor_max
         self.max_nfe, self.max_steps, self.predictive, self.stretch = max_nfe, max_steps, bool(predictive), float(stretch)
@@ -405,17 +397,16 @@ class AdaptiveSDE(Solver):
         max_nfe: int | None = None,
         max_steps: int = 100_000,
     ):
-        _check_budget_options(max_nfe, max_steps)
-        if max_nfe is not None and max_nfe < 2:
-            raise ValueError(f"max_nfe={max_nfe} is too small for {self.name}: one step takes 2 evaluations")
         if not exponent > 0:
             raise ValueError(f"exponent (the paper's r) must be positive; got {exponent!r}")
         if h_init is None:
             raise ValueError("h_init (the first step as a fraction of the interval) must be given for adaptive_sde")
-        self._controller = AdaptiveController(
+        self._controller = AdaptiveController(  # checks its options
             rtol, atol, norm=norm, per_sample=per_sample, scale="max", safety=safety, factor_min=factor_min,
             factor_max=factor_max, exponent=exponent, h_init=h_init, max_nfe=max_nfe, max_steps=max_steps,
         )
+        if max_nfe is not None and max_nfe < 2:
+            raise ValueError(f"max_nfe={max_nfe} is too small for {self.name}: one step takes 2 evaluations")
         self.rtol, self.atol, self.per_sample, self.norm = float(rtol), float(atol), bool(per_sample), norm
         self.safety, self.exponent, self.h_init = float(safety), float(exponent), float(h_init)
         self.extrapolation, self.brownian_memory = bool(extrapolation), bool(brownian_memory)
