@@ -62,9 +62,9 @@ class SolverState:
         rows = {}
         for name in self._per_sample_fields():
             mine, theirs = getattr(self, name), getattr(other, name)
-            if mine is None or theirs is None:
-                rows[name] = mine if theirs is None else theirs
-            elif isinstance(mine, torch.Tensor):
+            if mine is None:
+                continue
+            if isinstance(mine, torch.Tensor):
                 rows[name] = torch.where(keep.reshape(keep.shape + (1,) * (mine.ndim - 1)), mine, theirs)
             else:
                 rows[name] = mine.where(keep, theirs)

@@ -56,9 +56,12 @@ class StepSizeController:
         return torch.stack([self.t_start, self.t_end])
 
     def start(self, solver, problem, state, y: torch.Tensor, times: torch.Tensor) -> "Control":
+        """The record of a new solve from y at times[0] (`times` in the solver's variable)."""
         raise NotImplementedError
 
     def propose(self, control: "Control", solver, state, spent: int):
+        """The next attempt, (idx, s, s_next) with idx the samples to step (None: all), or None when the solve is
+        done. `spent`: the evaluations the solve has made so far, as the problem's counter read them."""
         raise NotImplementedError
 
     def adapt(self, control: "Control", proposal, error, y_next, y):
