@@ -88,3 +88,26 @@ def test_non_linear_sde_gets_only_what_it_supports():
         sd.sample(cubic, lambda x, t: -x, "ancestral", shape=(16, 2), steps=10, t_min=1e-3)
     with pytest.raises(ValueError, match="LinearSDE"):
         sd.sample(cubic, lambda x, t: -x, "heun", shape=(16, 2), steps=10, t_min=1e-3, grid="log_snr")
+
+
+def test_a_solver_that_needs_a_linear_sde_fails_before_any_evaluation():
+    calls = []
+    counting = lambda x, t: calls.append(1) or -x  # noqa: E731
+    for solver in ("dpm_solver_pp_2m", "edm_heun", "ancestral", "pc", "adaptive_dpm_solver", "dopri5"):
+        with pytest.raises(ValueError, match="needs a LinearSDE"):
+            sd.sample(TanhSDE(), counting, solver, shape=(4, 2), steps=3)
+    with pytest.raises(ValueError, match="denoise=True needs a LinearSDE"):
+        sd.sample(TanhSDE(), counting, "euler", shape=(4, 2), steps=3, denoise=True)
+    with pytest.raises(ValueError, match="LinearSDE"):
+        sd.calibrate_grid(TanhSDE(), counting, "dpm_solver_pp_2m", 4, shape=(4, 2))
+    assert not calls
+    # A solver of terms runs on the same SDE, and so does an embedded pair integrating in t.
+    assert sd.sample(TanhSDE(), counting, "dopri5", shape=(4, 2), variable="t", t_min=1e-2).nfe == len(calls) > 0
+
+
+def test_a_non_finite_final_denoising_step_is_named():
+    exact = GAUSSIAN.score_model(SDE)
+    nan_at_the_end = sd.ScoreModel(lambda x, t: torch.where((t < 0.01)[:, None], float("nan"), exact.network(x, t)), SDE, "score")
+    assert torch.isfinite(sd.sample(SDE, nan_at_the_end, "euler", shape=(4, 2), steps=4).x).all()
+    with pytest.raises(sd.NonFiniteError, match=r"final denoising step .* at t = 0\.001"):
+        sd.sample(SDE, nan_at_the_end, "euler", shape=(4, 2), steps=4, denoise=True)
