@@ -142,3 +142,38 @@ def test_prior():
 def test_bad_schedules_fail_clearly(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def _numerics_sdes():
+    sdes = all_linear_sdes()
+    sdes["from_coefficients"] = sd.LinearSDE.from_coefficients(f=lambda t: -2 * t, g=lambda t: 2 * t.sqrt(), T=2.0)
+    return sdes
+
+
+NUMERICS_SDES = _numerics_sdes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", NUMERICS_SDES)
+def test_log_snr_round_trip_down_to_small_t(name, dtype):
+    """t -> log_snr -> t_of_log_snr is as accurate as the log-SNR's own rounding allows, from t = 1e-5 to T: the error
+    of t from a log-SNR rounded to eps (relative) is eps |lambda| / |d lambda / dt|, so the tolerance is a small
+    multiple of eps (t + |lambda| / |lambda'|), with lambda' from float64 finite differences."""
+    sde = NUMERICS_SDES[name]
+    t64 = torch.logspace(-5, math.log10(0.999 * sde.T), 200, dtype=torch.float64)
+    lam64 = sde.log_snr(t64)
+    slope = (sde.log_snr(t64 * (1 + 1e-6)) - sde.log_snr(t64 * (1 - 1e-6))) / (2e-6 * t64)
+    eps = torch.finfo(dtype).eps
+    back = sde.t_of_log_snr(sde.log_snr(t64.to(dtype))).to(torch.float64)
+    tolerance = 16 * eps * (t64 + lam64.abs() / slope.abs())
+    worst = ((back - t64).abs() / tolerance).max()
+    assert worst <= 1, f"{name} {dtype}: round trip off by {worst:.3g} times the tolerance"
+
+
+@pytest.mark.parametrize("name", NUMERICS_SDES)
+def test_sigma_keeps_its_relative_accuracy_in_float32(name):
+    """No cancellation in sigma at small t (1 - alpha^2 loses every digit there): float32 agrees with float64."""
+    sde = NUMERICS_SDES[name]
+    t64 = torch.logspace(-5, math.log10(0.999 * sde.T), 200, dtype=torch.float64)
+    relative = (sde.sigma(t64.to(torch.float32)).to(torch.float64) / sde.sigma(t64) - 1).abs().max()
+    assert relative < 32 * torch.finfo(torch.float32).eps, f"{name}: sigma in float32 off by {relative:.3g} (relative)"

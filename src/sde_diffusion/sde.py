@@ -236,10 +236,9 @@ class SubVPSDE(VPSDE):
         return -0.5 * B - torch.log(-torch.expm1(-B))
 
     def t_of_log_snr(self, log_snr):
-        # e^lambda = u / (1 - u^2) with u = exp(-B / 2): the positive root of e^lambda u^2 + u - e^lambda = 0.
-        e = torch.exp(torch.as_tensor(log_snr))
-        u = 2 * e / (1 + torch.sqrt(1 + 4 * e**2))
-        return self._t_of_integrated_beta(-2 * torch.log(u))
+        # e^lambda = u / (1 - u^2) with u = exp(-B / 2): the positive root of e^lambda u^2 + u - e^lambda = 0,
+        # -log u = log(z + sqrt(z^2 + 1)) = asinh(z) with z = e^-lambda / 2, free of the cancellation near u = 1.
+        return self._t_of_integrated_beta(2 * torch.asinh(0.5 * torch.exp(-torch.as_tensor(log_snr))))
 
     def __repr__(self):
         return f"SubVPSDE(beta_min={self.beta_min}, beta_max={self.beta_max}, T={self.T})"
@@ -322,6 +321,9 @@ class CosineVPSDE(LinearSDE):
 
     alpha(t)^2 = cos^2(phi(t)) / cos^2(phi(0)),  phi(t) = (t + s) / (1 + s) * pi / 2,  sigma^2 = 1 - alpha^2,
     f(t) = d log alpha / dt = -tan(phi(t)) (pi / 2) / (1 + s),  g^2 = -2 f.
+    sigma is computed as sqrt(sin(phi - phi_0) sin(phi + phi_0)) / cos(phi_0) (cos^2 a - cos^2 b = sin(b - a) sin(b + a)),
+    which keeps its relative accuracy at small t where 1 - alpha^2 cancels; the log-SNR is its closed form and
+    its inverse a few float64 Newton steps on log(sin(phi - phi_0) sin(phi + phi_0)) = log(cos^2(phi_0) sigma^2).
     T stops short of 1, where alpha vanishes and the drift blows up (DPM-Solver uses T = 0.9946).
     """
 
@@ -345,12 +347,32 @@ class CosineVPSDE(LinearSDE):
     def alpha(self, t):
         return torch.exp(torch.log(torch.cos(self._phi(t))) - self._log_cos_phi0)
 
+    def _log_sin_product(self, t):
+        """log(sin(phi - phi_0) sin(phi + phi_0)) = log(cos^2(phi_0) sigma^2)."""
+        t = as_time(t)
+        phi0 = self.s * self._phi_scale
+        return torch.log(torch.sin(t * self._phi_scale)) + torch.log(torch.sin(self._phi(t) + phi0))
+
     def sigma(self, t):
-        return torch.sqrt(1 - self.alpha(t) ** 2)
+        return torch.exp(0.5 * self._log_sin_product(t) - self._log_cos_phi0)
+
+    def log_snr(self, t):
+        return torch.log(torch.cos(self._phi(t))) - 0.5 * self._log_sin_product(t)
 
     def t_of_log_snr(self, log_snr):
-        alpha = torch.sigmoid(2 * torch.as_tensor(log_snr)).sqrt()
-        return torch.arccos(alpha * math.exp(self._log_cos_phi0)) / self._phi_scale - self.s
+        lam = torch.as_tensor(log_snr)
+        lam64 = lam.to(torch.float64)
+        alpha = torch.sigmoid(2 * lam64).sqrt()
+        target = torch.nn.functional.logsigmoid(-2 * lam64) + 2 * self._log_cos_phi0  # log(cos^2 phi_0 sigma^2)
+        phi0 = self.s * self._phi_scale
+        t = torch.arccos(alpha * math.exp(self._log_cos_phi0)) / self._phi_scale - self.s  # loses digits for small t
+        small = torch.exp(target) / (math.sin(2 * phi0) * self._phi_scale)  # sin(a t) sin(2 phi_0) ~ e^target there
+        t = torch.where(t < 1e-4, small, t).clamp(1e-300, 1.0)
+        for _ in range(4):  # Newton in log t: d/dlog t log(sin(a t) sin(phi + phi_0)) = t a (cot(a t) + cot(phi + phi_0))
+            residual = self._log_sin_product(t) - target
+            slope = t * self._phi_scale * (1 / torch.tan(t * self._phi_scale) + 1 / torch.tan(self._phi(t) + phi0))
+            t = t * torch.exp(-residual / slope)
+        return t.to(lam.dtype if lam.is_floating_point() else torch.float64)
 
     def __repr__(self):
         return f"CosineVPSDE(s={self.s}, T={self.T})"
@@ -467,18 +489,23 @@ class TabulatedLinearSDE(LinearSDE):
         return -0.5 * torch.log(self._hermite(as_time(t), self._rho, self._drho))
 
     def t_of_log_snr(self, log_snr):
-        """Bracket lambda in the node table, then Newton steps on log rho(t) = -2 lambda inside the bracket."""
+        """Bracket lambda in the node table, then Newton steps on log rho = -2 lambda in u = log t inside the bracket.
+
+        In log t the first interval, where rho(t) ~ rho'(0) t and log rho falls to -infinity, is as easy as the
+        others (d log rho / d log t -> 1); the first interval starts from that linear guess."""
         lam = torch.as_tensor(log_snr)
         target = (-2 * lam).to(torch.float64).cpu()  # log rho
         log_rho_nodes = torch.log(self._rho[1:])  # increasing; rho(0) = 0
         k = torch.searchsorted(log_rho_nodes, target).clamp(0, len(log_rho_nodes) - 1)  # root in (t_k, t_k+1]
-        lo, hi = self._nodes[k].clamp_min(1e-12 * self._h), self._nodes[k + 1]
-        t = 0.5 * (lo + hi)
-        for _ in range(8):
+        lo, hi = self._nodes[k].clamp_min(1e-300).log(), self._nodes[k + 1].log()
+        linear = (target.exp() / self._drho[0]).clamp(1e-300, self._h).log()
+        u = torch.where(k == 0, linear, 0.5 * (lo + hi))
+        for _ in range(10):
+            t = u.exp()
             rho = self._hermite(t, self._rho, self._drho)
-            slope = self._hermite_slope(t, self._rho, self._drho) / rho  # d log rho / dt
-            t = torch.nan_to_num(t - (rho.log() - target) / slope, nan=0.0).clamp(lo, hi)
-        return t.to(dtype=lam.dtype if lam.is_floating_point() else torch.float64, device=lam.device)
+            slope = t * self._hermite_slope(t, self._rho, self._drho) / rho  # d log rho / d log t
+            u = torch.nan_to_num(u - (rho.log() - target) / slope, nan=float(lo.min())).clamp(lo, hi)
+        return u.exp().to(dtype=lam.dtype if lam.is_floating_point() else torch.float64, device=lam.device)
 
     def _hermite_slope(self, t64: torch.Tensor, y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         k = torch.clamp(torch.floor(t64 / self._h).long(), 0, len(self._nodes) - 2)
