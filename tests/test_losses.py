@@ -16,7 +16,7 @@ from sde_diffusion.training.losses import WEIGHTINGS
 
 from .conftest import all_linear_sdes
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 
 
 def exact_network(mixture, sde, prediction, shift=None):

@@ -7,19 +7,22 @@ model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
-from . import analytic, calibration, data, discrete, likelihood, metrics, networks, solvers, training
+from . import analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
 from .analytic import GaussianMixture
 from .calibration import Calibration, calibrate_grid
 from .reverse import ReverseSDE
 from .sampling import sample
 from .score import PREDICTIONS, ScoreModel
 from .sde import SDE, CosineVPSDE, EDMSDE, LinearSDE, OUSDE, SubVPSDE, TabulatedLinearSDE, VESDE, VPSDE
+from .schedules import DiscreteScheduleSDE, MarginalLinearSDE, RectifiedFlowSDE
 from .solvers import NonFiniteError, SampleResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
+    "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks", "solvers", "training",
+    "calibrate_grid", "Calibration", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "schedules", "solvers", "training",
 ]

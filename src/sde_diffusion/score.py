@@ -4,7 +4,11 @@ For a linear SDE, `x_t = alpha x_0 + sigma eps`, and the four usual network targ
 (the score-noise equivalence of the seeds, Ho et al. 2020, Salimans & Ho 2022):
 
     score = -eps / sigma,          x0 = (x - sigma eps) / alpha,
-    v = alpha eps - sigma x0,      eps = (alpha v + sigma x) / (alpha^2 + sigma^2).
+    v = alpha eps - sigma x0,      eps = (alpha v + sigma x) / (alpha^2 + sigma^2),
+    flow u = eps - x0,             eps = (x + alpha u) / (alpha + sigma),  x0 = (x - sigma u) / (alpha + sigma).
+
+"v" is the velocity of Salimans & Ho (2022); "flow" is the velocity of flow matching and rectified flow (Lipman et
+al. 2023; Liu et al. 2023; SD3, Flux), d x_t / dt for alpha = 1 - t, sigma = t: a different quantity.
 
 `ScoreModel` answers any of them and counts every network evaluation (NFE): solvers never count by formula.
 """
@@ -18,8 +22,8 @@ import torch
 from .sde import SDE, LinearSDE
 from .tensors import Time, append_dims, batch_time, check_time_range
 
-Prediction = Literal["eps", "x0", "v", "score"]
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+Prediction = Literal["eps", "x0", "v", "score", "flow"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score", "flow")
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -34,6 +38,8 @@ def eps_and_x0(raw: torch.Tensor, prediction: str, x: torch.Tensor, alpha: torch
     if prediction == "v":
         norm = alpha**2 + sigma**2
         return (alpha * raw + sigma * x) / norm, (alpha * x - sigma * raw) / norm
+    if prediction == "flow":
+        return (x + alpha * raw) / (alpha + sigma), (x - sigma * raw) / (alpha + sigma)
     raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
 
 
@@ -47,11 +53,14 @@ def target_from(eps: torch.Tensor, x0: torch.Tensor, target: str, alpha: torch.T
         return -eps / sigma
     if target == "v":
         return alpha * eps - sigma * x0
+    if target == "flow":
+        return eps - x0
     raise ValueError(f"unknown prediction {target!r}; choose one of {PREDICTIONS}")
 
 
 class ScoreModel:
-    """Wraps `network(x, t)`, whose output is a `prediction` of eps, x0, v or the score, for a forward SDE.
+    """Wraps `network(x, t)`, whose output is a `prediction` of eps, x0, v, the score or the flow velocity, for a
+    forward SDE.
 
     `score`, `eps`, `x0` and `v` each make one network evaluation, counted in `nfe`. `t` is a scalar or a
     `(batch,)` tensor in `[0, T]`; the network always receives a `(batch,)` tensor.
@@ -119,6 +128,10 @@ class ScoreModel:
     def v(self, x: torch.Tensor, t: Time) -> torch.Tensor:
         """The velocity v = alpha eps - sigma x0."""
         return self._predict(x, t, "v")
+
+    def flow(self, x: torch.Tensor, t: Time) -> torch.Tensor:
+        """The flow-matching velocity eps - x0."""
+        return self._predict(x, t, "flow")
 
     def __repr__(self):
         return f"ScoreModel({self.network!r}, {self.sde!r}, prediction={self.prediction!r})"

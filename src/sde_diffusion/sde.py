@@ -163,6 +163,22 @@ class LinearSDE(SDE):
         """A variance-preserving SDE `dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW` from `beta` alone."""
         return TabulatedLinearSDE(lambda t: -0.5 * beta(t), beta, T, **options)
 
+    @staticmethod
+    def from_alpha_sigma(alpha: CoefficientFn, sigma: CoefficientFn, T: float = 1.0, **options) -> "LinearSDE":
+        """A linear SDE from its marginal coefficients, f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2
+        (by autograd); see `schedules.MarginalLinearSDE`."""
+        from .schedules import MarginalLinearSDE
+
+        return MarginalLinearSDE(alpha, sigma, T, **options)
+
+    @staticmethod
+    def from_alphas_cumprod(alphas_cumprod) -> "LinearSDE":
+        """A discrete DDPM table (diffusers' `alphas_cumprod`) as a continuous SDE, entry i at t = (i + 1) / N, with
+        the network's timestep `sde.timestep(t)`; see `schedules.DiscreteScheduleSDE`."""
+        from .schedules import DiscreteScheduleSDE
+
+        return DiscreteScheduleSDE(alphas_cumprod)
+
 
 def _positive(name: str, value: float) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -15,7 +15,7 @@ from .problems import Chart, DiffusionProblem, LogSNRChart, Term
 from .adaptive import AdaptiveSDE, Bosh3, Dopri5, Tsit5
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
 from .edm import LMS, EDMHeun
-from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, get_grid
+from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, ShiftedGrid, TimeGrid, UniformGrid, get_grid
 from .ode import RK4, Euler, Heun, ScipyODE
 from .sdeint import TorchSDE
 from .stochastic import Ancestral, EulerMaruyama, ReverseDiffusion
@@ -85,6 +85,6 @@ __all__ = [
     "AdaptiveController", "AnnealedLangevin", "Ancestral", "CORRECTORS", "Chart", "Corrector", "DiffusionProblem",
     "EDMGrid", "Euler", "EulerMaruyama", "FixedGrid", "GRIDS", "GivenGrid", "GridState", "Heun", "Langevin",
     "LogSNRChart", "LogSNRGrid", "NonFiniteError", "PredictorCorrector", "QuadraticGrid", "RK4", "ReverseDiffusion",
-    "SOLVERS", "SampleResult", "ScipyODE", "Solver", "SolverState", "StepSizeController", "StepSizeError", "Term",
+    "SOLVERS", "SampleResult", "ScipyODE", "ShiftedGrid", "Solver", "SolverState", "StepSizeController", "StepSizeError", "Term",
     "TimeGrid", "TorchSDE", "UniformGrid", "get", "get_grid", "integrate", "names",
 ]

@@ -7,6 +7,7 @@ uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-S
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -96,6 +97,31 @@ class EDMGrid(TimeGrid):
         return f"EDMGrid(rho={self.rho})"
 
 
+class ShiftedGrid(TimeGrid):
+    """Uniform in an unshifted time u, then shifted by a constant log-SNR offset: t_i = t(lambda(u_i) - log(shift)),
+    u_i uniform between the unshifted ends, so the grid still runs from t_max to t_min. On rectified flow
+    (lambda = log((1 - t) / t)) it is the timestep shift of SD3 and Flux (Esser et al. 2024), t = shift u / (1 +
+    (shift - 1) u); shift > 1 spends more steps at high noise."""
+
+    name = "shifted"
+
+    def __init__(self, shift: float = 3.0):
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number; got {shift!r}")
+        self.shift = float(shift)
+
+    def times(self, sde, u, t_min, t_max):
+        sde = _linear(sde, self.name)
+        offset = math.log(self.shift)
+        ends = torch.tensor([t_max, t_min], dtype=torch.float64)
+        u_max, u_min = sde.t_of_log_snr(sde.log_snr(ends) + offset).to(torch.float64)
+        unshifted = u_max + u * (u_min - u_max)
+        return sde.t_of_log_snr(sde.log_snr(unshifted) - offset).to(torch.float64)
+
+    def __repr__(self):
+        return f"ShiftedGrid(shift={self.shift})"
+
+
 class GivenGrid(TimeGrid):
     """A user's own decreasing times; `steps`, `t_min` and `t_max` are read from them."""
 
@@ -113,11 +139,11 @@ class GivenGrid(TimeGrid):
         return self.values.clone()
 
 
-GRIDS: dict[str, type[TimeGrid]] = {g.name: g for g in (UniformGrid, QuadraticGrid, LogSNRGrid, EDMGrid)}
+GRIDS: dict[str, type[TimeGrid]] = {g.name: g for g in (UniformGrid, QuadraticGrid, LogSNRGrid, EDMGrid, ShiftedGrid)}
 
 
 def get_grid(grid: str | TimeGrid | Sequence[float] | torch.Tensor, **options) -> TimeGrid:
-    """A grid from its name (uniform, quadratic, log_snr, edm), an instance, or explicit times."""
+    """A grid from its name (uniform, quadratic, log_snr, edm, shifted), an instance, or explicit times."""
     if isinstance(grid, TimeGrid):
         return grid
     if isinstance(grid, str):

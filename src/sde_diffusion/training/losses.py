@@ -9,6 +9,7 @@ The network outputs a `prediction` (eps, x0, v or score; see `score.py`). Each i
 the error it implies in eps is a multiple of its own error:
 
     eps_hat - eps = c(t) (raw - target),   c = 1 (eps),  -alpha / sigma (x0),  alpha / (alpha^2 + sigma^2) (v),  -sigma (score),
+                                           alpha / (alpha + sigma) (flow),
 
 so `|| s_theta - grad log q ||^2 = c^2 || raw - target ||^2 / sigma^2`, and the loss is computed as a weighted
 regression of the network's own target (no division of network outputs, no cancellation).
@@ -19,7 +20,8 @@ Weightings lambda(t):
   - "likelihood": lambda = g^2 (Song, Durkan, Murray & Ermon 2021): the score-matching part of the bound on
                   -log p_theta(x_0).
   - "target":     lambda = sigma^2 / c^2, the plain MSE of the network's own target (x0 MSE, v MSE of
-                  Salimans & Ho 2022, ...).
+                  Salimans & Ho 2022, ...). With prediction "flow" on `RectifiedFlowSDE` this is the conditional
+                  flow-matching loss E || u_theta(x_t, t) - (eps - x0) ||^2 (Lipman et al. 2023; Liu et al. 2023).
 
 Importance sampling of t: for any linear SDE, `g^2 / sigma^2 = -2 d log_snr / dt` (differentiate
 `sigma^2 / alpha^2 = exp(-2 log_snr)` along `d sigma^2/dt = 2 f sigma^2 + g^2`). So the density proportional to
@@ -55,6 +57,8 @@ def eps_error_scale(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor) -
         return alpha / (alpha**2 + sigma**2)
     if prediction == "score":
         return -sigma
+    if prediction == "flow":
+        return alpha / (alpha + sigma)
     raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
 
 
@@ -63,7 +67,7 @@ class DSMLoss:
 
     Args:
         sde: the forward process; all coefficients come from it.
-        prediction: what the network outputs ("eps", "x0", "v", "score").
+        prediction: what the network outputs ("eps", "x0", "v", "score", "flow").
         weighting: "sigma2" (eps matching), "likelihood" (g^2) or "target" (plain MSE of the prediction).
         importance_sampling: draw t with density proportional to g^2 / sigma^2 (uniform in log-SNR) and reweight.
         t_min: t is drawn from [t_min, T]; default `sde.default_t_min`, where samplers stop.
