@@ -7,7 +7,7 @@ model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
-from . import analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
+from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
 from .analytic import GaussianMixture
 from .calibration import Calibration, calibrate_grid
 from .reverse import ReverseSDE
@@ -23,6 +23,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "calibrate_grid", "Calibration", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
     "schedules", "solvers", "training",
 ]
