@@ -67,7 +67,7 @@ def integrate(
     per_sample = controller.per_sample
     trajectory, visited = ([x] if keep_trajectory else None), [times[0]]
     sample_evaluations = torch.full((len(x),), counter() - nfe_start, dtype=torch.long, device=x.device)
-    bar = _progress_bar(progress, solver.name or type(solver).__name__)
+    bar = _progress_bar(progress, solver.name or type(solver).__name__, controller.steps_label)
     while (proposal := controller.propose(control, solver, state, counter() - nfe_start)) is not None:
         idx, s, s_next = proposal
         y_part, state_part = (y, state) if idx is None else (y[idx], state.select(idx))
@@ -90,7 +90,8 @@ def integrate(
             y = y.clone()
             y[idx[accepted]] = y_next[accepted]
             state = state.merge(idx, state_next.where(accepted, state_part))
-        bar(controller.progress(control))
+        if progress:
+            bar(controller.progress(control))
     bar(None)
     x = chart.sample(y, times[-1], t_end)
     nfe = counter() - nfe_start
@@ -106,18 +107,20 @@ def integrate(
     return SampleResult(x, nfe, out_times, trajectory, stats)
 
 
-def _progress_bar(enabled: bool, name: str):
-    """A callable taking the fraction done (None closes it); a no-op unless enabled."""
+def _progress_bar(enabled: bool, name: str, steps: int | str):
+    """A callable taking the fraction done (None closes it); a no-op unless enabled. It counts the steps of a fixed
+    grid, and per mille of the interval for an adaptive solve."""
     if not enabled:
         return lambda fraction: None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1000, desc=name, leave=False)
+    total = steps if isinstance(steps, int) else 1000
+    bar = tqdm(total=total, desc=name, leave=False, unit="step" if isinstance(steps, int) else "‰")
 
     def update(fraction):
         if fraction is None:
             bar.close()
         else:
-            bar.update(max(0, int(1000 * fraction) - bar.n))
+            bar.update(max(0, round(total * fraction) - bar.n))
 
     return update
