@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,6 +120,7 @@ def test_coefficients_from_the_marginal_match_the_closed_form_vp():
         (lambda t: 1 - t, lambda t: t, "alpha.*positive"),  # alpha(1) = 0
         (lambda t: 0.5 + 0 * t, lambda t: 1.5 - t, "decrease strictly"),  # increasing log-SNR
         (lambda t: t[:1], lambda t: t, "one finite value per time"),
+        (lambda t: torch.from_numpy(np.cos(t.detach().numpy())), torch.sin, "differentiable by autograd"),
     ],
 )
 def test_bad_marginals_are_refused(alpha, sigma, message):

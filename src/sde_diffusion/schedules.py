@@ -57,6 +57,20 @@ class MarginalLinearSDE(LinearSDE):
         if not (lam[1:] < lam[:-1]).all():
             bad = t[1:][1:][(lam[1:] >= lam[:-1]).nonzero()[0, 0]].item()
             raise ValueError(f"the log-SNR log(alpha / sigma) must decrease strictly in t; it does not at t = {bad:g}")
+        self._check_differentiable(t[1:-1:max(1, checks // 8)])
+
+    def _check_differentiable(self, t: torch.Tensor) -> None:
+        """autograd's derivatives against central differences: a function computed outside torch (numpy, .item(),
+        .detach()) would otherwise give f = 0 or g^2 = 0 silently."""
+        h = 1e-6 * self.T
+        for fn, name in ((self._alpha, "alpha"), (self._sigma, "sigma")):
+            value, derivative = self._with_derivative(fn, t)
+            central = (self._values(fn, t + h, name) - self._values(fn, t - h, name)) / (2 * h)
+            if not torch.allclose(derivative, central, rtol=1e-4, atol=1e-6 * float(value.abs().max())):
+                raise ValueError(
+                    f"{name}(t) must be differentiable by autograd (torch operations on t, no numpy or .detach()): its "
+                    f"autograd derivative {derivative.tolist()[:3]} disagrees with differences {central.tolist()[:3]}"
+                )
 
     @staticmethod
     def _values(fn: CoefficientFn, t: torch.Tensor, name: str) -> torch.Tensor:
@@ -74,7 +88,9 @@ class MarginalLinearSDE(LinearSDE):
         with torch.enable_grad():
             leaf = t.detach().to(torch.float64).requires_grad_(True)
             value = torch.as_tensor(fn(leaf)).expand_as(leaf)
-            (derivative,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
+            derivative = None
+            if value.requires_grad:  # else a constant (torch.ones_like(t)): derivative 0, which __init__ has checked
+                (derivative,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
         derivative = torch.zeros_like(leaf) if derivative is None else derivative
         return value.detach().to(t.dtype), derivative.to(t.dtype)
 
