@@ -1,0 +1,28 @@
+"""sde_diffusion: continuous-time score-based diffusion models in PyTorch.
+
+Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `OUSDE`, `CosineVPSDE`, `EDMSDE`, or any `LinearSDE` built from
+its coefficients), the reverse SDE and probability flow, score models in any parameterisation, exact
+Gaussian-mixture ground truth, every solver behind one `sample` call, time grids calibrated to a solver and a
+model (`calibrate_grid`), exact likelihoods (`likelihood`), and
+denoising score matching with networks and data to train on (`training`, `networks`, `data`).
+"""
+
+from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
+from .analytic import GaussianMixture
+from .calibration import Calibration, calibrate_grid
+from .reverse import ReverseSDE
+from .sampling import sample
+from .score import PREDICTIONS, ScoreModel
+from .sde import SDE, CosineVPSDE, EDMSDE, LinearSDE, OUSDE, SubVPSDE, TabulatedLinearSDE, VESDE, VPSDE
+from .schedules import DiscreteScheduleSDE, MarginalLinearSDE, RectifiedFlowSDE
+from .solvers import NonFiniteError, SampleResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
+    "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
+    "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
+    "calibrate_grid", "Calibration", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "schedules", "solvers", "training",
+]

@@ -1,0 +1,65 @@
+"""The Hydra entry points: sde-run (also `python -m sde_diffusion`), sde-train, sde-sample, sde-evaluate,
+sde-likelihood. All read the same packaged config (conf/config.yaml) and take the same overrides.
+
+A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2;
+Hydra itself reports unknown keys and wrong types of the typed top level (exit status 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ..training import CheckpointError
+from . import jobs
+from .config import ConfigError, register
+
+log = logging.getLogger("sde_diffusion")
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+register()
+
+
+def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        job(cfg, out)
+    except (ConfigError, CheckpointError) as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"outputs written to {out}")
+
+
+def _entry(job: Callable[[DictConfig, Path], dict]) -> Callable[[], None]:
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+    def main(cfg: DictConfig) -> None:
+        _run(job, cfg)
+
+    return main
+
+
+run = _entry(jobs.run_main)
+train = _entry(jobs.run_train)
+sample = _entry(jobs.run_sample)
+evaluate = _entry(jobs.run_evaluate)
+likelihood = _entry(jobs.run_likelihood)
+
+JOBS = {"run": run, "train": train, "sample": sample, "evaluate": evaluate, "likelihood": likelihood}
+
+
+def dispatch() -> None:
+    """`python -m sde_diffusion.app.cli JOB [overrides]`, JOB one of run, train, sample, evaluate, likelihood."""
+    if len(sys.argv) < 2 or sys.argv[1] not in JOBS:
+        print(f"usage: python -m sde_diffusion.app.cli {{{','.join(JOBS)}}} [overrides]", file=sys.stderr)
+        raise SystemExit(2)
+    JOBS[sys.argv.pop(1)]()
+
+
+if __name__ == "__main__":
+    dispatch()

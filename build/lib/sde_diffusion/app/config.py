@@ -1,0 +1,242 @@
+"""The application's config schema (a dataclass in Hydra's ConfigStore) and the validator of `_target_` nodes.
+
+Two layers of checking, both before any work starts:
+  - the typed top level (`Config`: seed, device, train, sample, evaluate) is a structured config, so OmegaConf
+    rejects an unknown key or a value of the wrong type at composition, naming the full key;
+  - every node with a `_target_` (sde, model, data, each solver, the likelihood) is checked by `validate` against
+    the signature of what it builds: an unknown key fails with a "did you mean" hint, a value whose type
+    contradicts a simple annotation (int, float, bool, str) fails, each naming the full key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+# Keys of a solver node that the app reads itself (the time grid), not options of the solver.
+SAMPLING_KEYS = ("steps", "grid")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run: the message names the key and says how to fix it."""
+
+
+@dataclass
+class TrainConfig:
+    """The trainer's options (`sde_diffusion.training.Trainer`) and the loss (`DSMLoss`, a `_target_` node)."""
+
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: Optional[float] = 1.0
+    ema_decay: float = 0.999
+    precision: str = "fp32"
+    compile: bool = False
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    log_every: int = 50
+    loss: Any = field(
+        default_factory=lambda: {
+            "_target_": "sde_diffusion.training.DSMLoss",
+            "_partial_": True,
+            "prediction": "eps",
+            "weighting": "sigma2",
+            "importance_sampling": False,
+        }
+    )
+
+
+@dataclass
+class CalibrationConfig:
+    """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
+    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`.
+    With `pool`, the pilot batch is stratified from that many draws (`calibrate_grid(stratify=pilot)`): its hardest
+    half by screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the
+    error (separated modes)."""
+
+    pilot: int = 1024
+    max_evaluations: int = 1500
+    trim: float = 0.0
+    pool: Optional[int] = None
+
+
+@dataclass
+class SampleConfig:
+    """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
+
+    n: int = 2000
+    steps: Optional[int] = None  # overrides every solver's own `steps`
+    denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
+    checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
+    progress: bool = True
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """Sample-quality metrics against the data law (fresh draws) or a held-out split, each beside its floor."""
+
+    metrics: list = field(default_factory=lambda: ["sliced_wasserstein", "mmd", "energy_distance"])
+    projections: int = 256  # fixed directions for sliced Wasserstein (drawn from `seed`)
+    floor_repeats: int = 5  # two-sample floor: mean over this many pairs of data samples
+    ground_truth: bool = True  # for Gaussian-mixture data: also sample with the exact score, and log p of samples
+    samples: Optional[str] = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
+    likelihood_n: int = 500  # sde-likelihood: data points (fresh draws, or the first of the test split)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    plots: bool = True
+    sde: Any = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    solvers: Any = field(default_factory=dict)
+    likelihood: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore as `base_config` (the first entry of conf/config.yaml's defaults)."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+# -- validation of _target_ nodes ---------------------------------------------------------------------------------
+def _locate(path: str) -> Callable:
+    from hydra.utils import get_object
+
+    try:
+        return get_object(path)
+    except Exception as e:
+        raise ConfigError(f"cannot import {path!r}: {e}") from None
+
+
+def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tuple[str, ...]]:
+    """For registry factories `get(name, **options)`: the callable `name` selects, and keys the app adds."""
+    if target == "sde_diffusion.solvers.get":
+        from ..solvers import SOLVERS
+
+        table, extra = SOLVERS, SAMPLING_KEYS
+    elif target == "sde_diffusion.data.get":
+        from ..data import DATASETS
+
+        table, extra = DATASETS, ()
+    else:
+        return None, ()
+    name = node.get("name")
+    if name not in table:
+        hint = difflib.get_close_matches(str(name), table, n=1)
+        raise ConfigError(
+            f"{key}.name: unknown name {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "") + f" Known: {sorted(table)}"
+        )
+    fn = table[name]
+    return (fn.__init__ if inspect.isclass(fn) else fn), extra
+
+
+def _simple_types(annotation) -> set[type] | None:
+    """The simple types an annotation allows ({int, float, bool, str, NoneType}), or None if it is not that simple."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    if origin is typing.Literal:
+        args = tuple({type(a) for a in typing.get_args(annotation)})
+    simple = {int, float, bool, str, type(None)}
+    if not args or any(a not in simple for a in args):
+        return None
+    return set(args)
+
+
+def _type_ok(value, allowed: set[type]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int):
+        return int in allowed or float in allowed
+    return type(value) in allowed
+
+
+def validate_node(node: dict, key: str) -> None:
+    """Check one `_target_` node's keys and simple types against the signature of what it builds."""
+    target = node["_target_"]
+    fn, extra = _dispatched(target, node, key)
+    if fn is None:
+        obj = _locate(target)
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        params = {k: p for k, p in inspect.signature(fn).parameters.items() if k != "self"}
+    else:
+        params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", "name")}
+        params["name"] = None
+    open_ended = any(p is not None and p.kind == p.VAR_KEYWORD for p in params.values())
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    known = [k for k, p in params.items() if p is None or p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)] + list(extra)
+    for k, value in node.items():
+        if k.startswith("_"):
+            continue
+        if k not in known:
+            if open_ended:
+                continue
+            hint = difflib.get_close_matches(k, known, n=1)
+            raise ConfigError(
+                f"unknown key {key}.{k}" + (f"; did you mean {key}.{hint[0]}?" if hint else "")
+                + f" ({target} takes: {', '.join(known) or 'no options'})"
+            )
+        allowed = _simple_types(hints[k]) if k in hints else None
+        if value is not None and allowed is not None and not _type_ok(value, allowed):
+            names = " or ".join(sorted(t.__name__ for t in allowed if t is not type(None)))
+            raise ConfigError(f"{key}.{k} must be {names}; got {type(value).__name__} {value!r}")
+    if "steps" in extra and node.get("steps") is not None:
+        if not (isinstance(node["steps"], int) and not isinstance(node["steps"], bool) and node["steps"] >= 1):
+            raise ConfigError(f"{key}.steps must be a positive integer or null; got {node['steps']!r}")
+
+
+def _walk(node, key: str):
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield key, node
+        for k, v in node.items():
+            yield from _walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{key}[{i}]")
+
+
+def to_container(cfg: DictConfig, key: str = "") -> dict:
+    """The resolved config as plain containers; a `???` value fails naming its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        full = getattr(e, "full_key", None) or key
+        raise ConfigError(f"{full} must be set (it is ??? in the config); pass {full}=...") from None
+
+
+def validate(cfg: DictConfig) -> dict:
+    """Check every `_target_` node of the composed config; returns the resolved config as plain containers."""
+    resolved = to_container(cfg)
+    for key in ("sde", "model", "data"):
+        if not isinstance(resolved.get(key), dict) or "_target_" not in resolved[key]:
+            raise ConfigError(f"{key} must be a node with a _target_ (choose one from conf/{key}/, e.g. {key}=...)")
+    if not isinstance(resolved.get("solvers"), dict):
+        raise ConfigError("solvers must map names to solver nodes (e.g. +solver@solvers.ode=heun)")
+    for name, node in resolved["solvers"].items():
+        if not isinstance(node, dict) or node.get("_target_") != "sde_diffusion.solvers.get":
+            raise ConfigError(f"solvers.{name} must be a solver node from conf/solver/ (_target_: sde_diffusion.solvers.get)")
+    if resolved["device"] not in ("auto", "cpu", "cuda") and not str(resolved["device"]).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {resolved['device']!r}")
+    for key, node in _walk(resolved, ""):
+        validate_node(node, key)
+    return resolved

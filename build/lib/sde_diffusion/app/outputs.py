@@ -1,0 +1,159 @@
+"""What a run writes: atomic JSON / NPZ / YAML files and PNG plots (matplotlib's Agg backend, no display needed).
+
+Plots: samples beside data (scatter for 2-D, an image grid for images), the training loss, and sample quality
+against NFE (one point per solver of a run, one line per solver across a sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write through a temporary file in the same folder and rename it over `path` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN / inf
+    return value
+
+
+def write_json(path: Path, data: dict) -> Path:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False)
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_config(path: Path, config: dict) -> Path:
+    """The resolved config (interpolations filled in) as YAML."""
+    text = yaml.safe_dump(_jsonable(config), sort_keys=False)
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _image_grid(x: torch.Tensor, shape: Sequence[int], count: int = 64) -> np.ndarray:
+    """Up to `count` images (C, H, W) in [-1, 1] tiled into one (rows*H, cols*W[, C]) array in [0, 1]."""
+    x = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
+    cols = int(math.ceil(math.sqrt(len(x))))
+    rows = int(math.ceil(len(x) / cols))
+    c, h, w = shape
+    grid = np.ones((rows * (h + 1), cols * (w + 1), c))
+    for i, img in enumerate(x):
+        r, k = divmod(i, cols)
+        grid[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = img.transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def plot_samples(path: Path, samples: dict[str, torch.Tensor], data: torch.Tensor, shape: Sequence[int]) -> Path:
+    """Data beside the samples of each solver: a scatter for 2-D points, an image grid for (C, H, W) images,
+    the first two coordinates otherwise."""
+    plt = _pyplot()
+    panels = {"data": data, **samples}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (name, x) in zip(axes[0], panels.items()):
+        x = x.detach().float().cpu()
+        if len(shape) == 3:
+            ax.imshow(_image_grid(x, shape), cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+        else:
+            flat = x.reshape(len(x), -1)
+            keep = torch.isfinite(flat).all(1)
+            ax.scatter(flat[keep, 0], flat[keep, 1], s=1, alpha=0.4, color="k" if name == "data" else None)
+            lim = data.reshape(len(data), -1)[:, :2].abs().max().item() * 1.15
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+        ax.set_title(name)
+    return _save(fig, path)
+
+
+def plot_loss(path: Path, history: list[dict]) -> Path:
+    """The logged training loss against the step (log scale)."""
+    plt = _pyplot()
+    records = [r for r in history if "loss" in r]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if records:
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def rows_from_metrics(metrics: dict, run: str) -> list[dict]:
+    """One flat row per solver of a run's metrics.json: run, solver key, NFE, wall time and every metric."""
+    rows = []
+    for key, s in metrics.get("solvers", {}).items():
+        row = {"run": run, "sampler": key}
+        row.update({k: v for k, v in s.items() if not isinstance(v, (dict, list))})
+        for metric, value in metrics.get("floor", {}).items():
+            row[f"floor_{metric}"] = value
+        rows.append(row)
+    return rows
+
+
+def plot_quality_vs_nfe(path: Path, rows: list[dict], metric: str = "sliced_wasserstein") -> Path:
+    """`metric` against NFE, one line per solver (points sorted by NFE), with the two-sample floor dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    by_solver: dict[str, list] = {}
+    for r in rows:
+        if r.get("nfe") and r.get(metric) is not None:
+            by_solver.setdefault(str(r.get("solver", r.get("sampler"))), []).append((r["nfe"], r[metric]))
+    for name, points in sorted(by_solver.items()):
+        points.sort()
+        ax.plot(*zip(*points), marker="o", label=name)
+    floors = [r[f"floor_{metric}"] for r in rows if r.get(f"floor_{metric}") is not None]
+    if floors:
+        ax.axhline(float(np.mean(floors)), ls="--", color="gray", label="two-sample floor")
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title="sample quality vs NFE")
+    ax.grid(alpha=0.3, which="both")
+    if by_solver:
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,15 @@
+"""Score networks: `MLP` for low-dimensional data, `UNet` for images, both called as `network(x, t, labels=None)`.
+
+A trained network plugs into sampling as `ScoreModel(network, sde, prediction)`; a class-conditional one through
+`ClassConditional(network, labels, guidance)` first.
+"""
+
+from .embeddings import NULL_LABEL, FourierTimeEmbedding, LabelEmbedding, SinusoidalTimeEmbedding, time_embedding
+from .guidance import ClassConditional
+from .mlp import MLP
+from .unet import UNet
+
+__all__ = [
+    "NULL_LABEL", "ClassConditional", "FourierTimeEmbedding", "LabelEmbedding", "MLP", "SinusoidalTimeEmbedding",
+    "UNet", "time_embedding",
+]

@@ -1,0 +1,79 @@
+"""`sample`: one call from a score model to samples, with any solver and any time grid."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .score import ScoreModel
+from .sde import SDE, LinearSDE
+from .solvers import NonFiniteError, SampleResult, Solver, get, get_grid, integrate
+from .solvers.grids import TimeGrid
+
+
+def as_score_model(sde: SDE, score: ScoreModel | Callable) -> ScoreModel:
+    """`score` as a ScoreModel of `sde`; a plain callable `(x, t) -> score` is wrapped."""
+    if isinstance(score, ScoreModel):
+        if score.sde is not sde:
+            raise ValueError(f"the score model was built for {score.sde!r}, but sampling was asked for {sde!r}")
+        return score
+    if not callable(score):
+        raise TypeError(f"score must be a ScoreModel or a callable (x, t) -> score; got {type(score).__name__}")
+    return ScoreModel(score, sde, prediction="score")
+
+
+def sample(
+    sde: SDE,
+    score: ScoreModel | Callable,
+    solver: str | Solver = "euler_maruyama",
+    *,
+    shape: Sequence[int] | None = None,
+    x_T: torch.Tensor | None = None,
+    steps: int | None = None,
+    grid: str | TimeGrid | Sequence[float] | None = None,
+    t_min: float | None = None,
+    t_max: float | None = None,
+    denoise: bool = False,
+    generator: torch.Generator | None = None,
+    keep_trajectory: bool = False,
+    progress: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    **solver_options,
+) -> SampleResult:
+    """Draw samples by integrating the reverse SDE (or probability flow) of `score` from `t_max` to `t_min`.
+
+    Start from `x_T` or from `shape` prior draws. `steps` and `grid` set the time grid (defaults: the solver's
+    `default_steps`, and its `default_grid` or else the SDE's; a sequence of times is used as given). With `denoise`, the last state is
+    replaced by Tweedie's E[x_0 | x_t_min] = (x - sigma eps) / alpha, one more function evaluation, counted: the
+    only way to end on the denoised prediction, for every solver. `result.nfe` is what the score model's wrapper
+    counted during this call. Everything is checked (the solver against the SDE included) before any evaluation.
+    """
+    model = as_score_model(sde, score)
+    solver = get(solver, **solver_options)
+    if denoise and not isinstance(sde, LinearSDE):
+        raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses alpha and sigma)")
+    problem = solver.problem(sde, model)
+    if (shape is None) == (x_T is None):
+        raise ValueError("give exactly one of shape (to draw x_T from the prior) or x_T")
+    if x_T is None:
+        x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
+    elif not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
+        raise ValueError("x_T must be a floating-point tensor of shape (batch, ...)")
+    elif not torch.isfinite(x_T).all():
+        raise ValueError("x_T holds NaN or inf")
+    t_min = sde.default_t_min if t_min is None else float(t_min)
+    grid = get_grid(grid if grid is not None else solver.default_grid or sde.default_grid)
+    times = grid(sde, steps if steps is not None else solver.default_steps, t_min, t_max).to(x_T.dtype).to(x_T.device)
+    nfe_start = model.nfe
+    result = integrate(solver, problem, x_T, solver.controller(times), generator, keep_trajectory=keep_trajectory, progress=progress)
+    if denoise:
+        result.x = model.x0(result.x, times[-1])
+        if not torch.isfinite(result.x).all():
+            raise NonFiniteError(f"the final denoising step (Tweedie's E[x_0 | x_t] at t = {float(times[-1]):.6g}) "
+                                 "gave NaN or inf: check the score network's output there, or stop earlier (a larger t_min)")
+        if keep_trajectory and result.trajectory is not None:
+            result.trajectory.append(result.x)
+    result.nfe = model.nfe - nfe_start
+    return result

@@ -1,0 +1,151 @@
+"""Time grids: decreasing times from `t_max` (default T) to `t_min`, `steps + 1` of them.
+
+Each grid is defined through the SDE's own coefficients, so it means the same thing for every linear SDE:
+uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-Solver), and the EDM grid
+(Karras et al. 2022, eq. 5) uniform in `sigma_tilde^(1/rho)` with `sigma_tilde = sigma / alpha = exp(-log_snr)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..registry import build
+from ..sde import SDE, LinearSDE
+
+
+class TimeGrid:
+    """Base class: `grid(sde, steps, t_min, t_max)` -> decreasing times of length steps + 1, in float64."""
+
+    name = ""
+
+    def __call__(self, sde: SDE, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
+        t_max = sde.T if t_max is None else float(t_max)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        if not 0 <= t_min < t_max <= sde.T * (1 + 1e-12):
+            raise ValueError(f"need 0 <= t_min < t_max <= T = {sde.T:g}; got t_min={t_min:g}, t_max={t_max:g}")
+        u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        times = self.times(sde, u, float(t_min), t_max)
+        times[0], times[-1] = t_max, t_min
+        return times
+
+    def times(self, sde: SDE, u: torch.Tensor, t_min: float, t_max: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class UniformGrid(TimeGrid):
+    """t_i = t_max + i / N (t_min - t_max)."""
+
+    name = "uniform"
+
+    def times(self, sde, u, t_min, t_max):
+        return t_max + u * (t_min - t_max)
+
+
+class QuadraticGrid(TimeGrid):
+    """t_i = t_min + (t_max - t_min) (1 - i / N)^2, dense near t_min (Song et al. 2021, DDIM)."""
+
+    name = "quadratic"
+
+    def times(self, sde, u, t_min, t_max):
+        return t_min + (t_max - t_min) * (1 - u) ** 2
+
+
+def _linear(sde: SDE, grid: str) -> LinearSDE:
+    if not isinstance(sde, LinearSDE):
+        raise ValueError(f"the {grid!r} grid needs a LinearSDE (it is defined through log_snr); got {type(sde).__name__}")
+    return sde
+
+
+class LogSNRGrid(TimeGrid):
+    """Uniform in lambda = log(alpha / sigma) (Lu et al. 2022, DPM-Solver)."""
+
+    name = "log_snr"
+
+    def times(self, sde, u, t_min, t_max):
+        sde = _linear(sde, self.name)
+        lam_max = sde.log_snr(torch.tensor(t_min, dtype=torch.float64))
+        lam_min = sde.log_snr(torch.tensor(t_max, dtype=torch.float64))
+        return sde.t_of_log_snr(lam_min + u * (lam_max - lam_min)).to(torch.float64)
+
+
+class EDMGrid(TimeGrid):
+    """sigma_i = (sigma_max^(1/rho) + i / N (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in sigma = sigma / alpha."""
+
+    name = "edm"
+
+    def __init__(self, rho: float = 7.0):
+        if rho <= 0:
+            raise ValueError(f"rho must be positive; got {rho}")
+        self.rho = float(rho)
+
+    def times(self, sde, u, t_min, t_max):
+        sde = _linear(sde, self.name)
+        s_max = torch.exp(-sde.log_snr(torch.tensor(t_max, dtype=torch.float64)))
+        s_min = torch.exp(-sde.log_snr(torch.tensor(t_min, dtype=torch.float64)))
+        r = 1 / self.rho
+        sig = (s_max**r + u * (s_min**r - s_max**r)) ** self.rho
+        return sde.t_of_log_snr(-torch.log(sig)).to(torch.float64)
+
+    def __repr__(self):
+        return f"EDMGrid(rho={self.rho})"
+
+
+class ShiftedGrid(TimeGrid):
+    """Uniform in an unshifted time u, then shifted by a constant log-SNR offset: t_i = t(lambda(u_i) - log(shift)),
+    u_i uniform between the unshifted ends, so the grid still runs from t_max to t_min. On rectified flow
+    (lambda = log((1 - t) / t)) it is the timestep shift of SD3 and Flux (Esser et al. 2024), t = shift u / (1 +
+    (shift - 1) u); shift > 1 spends more steps at high noise."""
+
+    name = "shifted"
+
+    def __init__(self, shift: float = 3.0):
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number; got {shift!r}")
+        self.shift = float(shift)
+
+    def times(self, sde, u, t_min, t_max):
+        sde = _linear(sde, self.name)
+        offset = math.log(self.shift)
+        ends = torch.tensor([t_max, t_min], dtype=torch.float64)
+        u_max, u_min = sde.t_of_log_snr(sde.log_snr(ends) + offset).to(torch.float64)
+        unshifted = u_max + u * (u_min - u_max)
+        return sde.t_of_log_snr(sde.log_snr(unshifted) - offset).to(torch.float64)
+
+    def __repr__(self):
+        return f"ShiftedGrid(shift={self.shift})"
+
+
+class GivenGrid(TimeGrid):
+    """A user's own decreasing times; `steps`, `t_min` and `t_max` are read from them."""
+
+    name = "given"
+
+    def __init__(self, times: Sequence[float] | torch.Tensor):
+        self.values = torch.as_tensor(times, dtype=torch.float64).flatten()
+        if len(self.values) < 2 or not (self.values[1:] < self.values[:-1]).all():
+            raise ValueError("a given time grid needs at least two strictly decreasing times")
+
+    def __call__(self, sde, steps=None, t_min=None, t_max=None):
+        lo, hi = self.values[-1].item(), self.values[0].item()
+        if lo < 0 or hi > sde.T * (1 + 1e-12):
+            raise ValueError(f"given times must lie in [0, T] = [0, {sde.T:g}]; got [{lo:g}, {hi:g}]")
+        return self.values.clone()
+
+
+GRIDS: dict[str, type[TimeGrid]] = {g.name: g for g in (UniformGrid, QuadraticGrid, LogSNRGrid, EDMGrid, ShiftedGrid)}
+
+
+def get_grid(grid: str | TimeGrid | Sequence[float] | torch.Tensor, **options) -> TimeGrid:
+    """A grid from its name (uniform, quadratic, log_snr, edm, shifted), an instance, or explicit times."""
+    if isinstance(grid, TimeGrid):
+        return grid
+    if isinstance(grid, str):
+        return build("time grid", GRIDS, grid, options)
+    return GivenGrid(grid)
