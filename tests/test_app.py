@@ -299,3 +299,24 @@ def test_bad_calibration_options_are_refused_before_training(overrides, message)
 def test_every_registered_solver_has_a_config_file():
     """Every solver is reachable from Hydra as solver@solvers.NAME=<its name>."""
     assert set(sde_diffusion.solvers.names()) <= set(options("solver"))
+
+
+def test_the_thread_count_is_a_checked_config_key():
+    """Every entry point sets torch's threads from `threads` (1 by default), whether started by make or by hand."""
+    import torch
+
+    from sde_diffusion.app.cli import set_threads
+    from sde_diffusion.app.config import ConfigError
+
+    assert cfg_of().threads == 1
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(0)  # torch's own choice: left as it is
+        assert torch.get_num_threads() == 1
+        for bad in (-1, 1.5, True, "2"):
+            with pytest.raises(ConfigError, match="threads must be an integer >= 0"):
+                set_threads(bad)
+    finally:
+        torch.set_num_threads(before)

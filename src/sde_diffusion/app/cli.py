@@ -25,9 +25,20 @@ CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 
 
+def set_threads(threads) -> None:
+    """torch.set_num_threads(threads) for threads > 0; 0 keeps torch's default. Anything else is a ConfigError."""
+    if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0):
+        raise ConfigError(f"threads must be an integer >= 0 (0: torch's default); got {threads!r}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
+        set_threads(cfg.get("threads", 1))
         job(cfg, out)
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)

@@ -99,6 +99,10 @@ class EvaluateConfig:
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
+    # torch's intra-op threads, set at the start of every entry point: 1 by default, since the toy and digits jobs
+    # are bound by small-tensor overhead and extra threads only contend on a busy machine (3-6 instead of ~40
+    # steps/s measured on 2 cores); 0 leaves torch's own choice (OMP_NUM_THREADS or the core count), N uses N.
+    threads: int = 1
     plots: bool = True
     sde: Any = MISSING
     model: Any = MISSING
