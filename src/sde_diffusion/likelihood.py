@@ -501,10 +501,11 @@ def evaluate_bits_per_dim(
     else:
         batches = data
     generator = None
+    bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        batches = tqdm(batches, desc="bits/dim", leave=False)
+        bar = progress_bar(len(batches) if hasattr(batches, "__len__") else 0, "bits/dim", "batch", leave=False)
     per_sample, nfe, n_batches, stats = [], 0, 0, {}
     for batch in batches:
         if max_batches is not None and n_batches >= max_batches:
@@ -520,6 +521,10 @@ def evaluate_bits_per_dim(
         nfe += result.nfe
         n_batches += 1
         stats = result.stats
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if not per_sample:
         raise ValueError("no data to evaluate: the data set (or max_batches) is empty")
     bpd = torch.cat(per_sample)

@@ -112,10 +112,10 @@ def _progress_bar(enabled: bool, name: str, steps: int | str):
     grid, and per mille of the interval for an adaptive solve."""
     if not enabled:
         return lambda fraction: None
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     total = steps if isinstance(steps, int) else 1000
-    bar = tqdm(total=total, desc=name, leave=False, unit="step" if isinstance(steps, int) else "‰")
+    bar = progress_bar(total, name, "step" if isinstance(steps, int) else "‰", leave=False)
 
     def update(fraction):
         if fraction is None:

@@ -226,9 +226,9 @@ class Trainer:
         self.model.train()
         bar = None
         if self.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
+            from ..progress import progress_bar
 
-            bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True, desc="train")
+            bar = progress_bar(steps, "train", initial=self.step)
         loss_sum, grad_sum, since, clock = None, None, 0, time.perf_counter()
         try:
             while self.step < steps:
