@@ -163,6 +163,9 @@ def test_prediction_types_learned_variance_and_conditioning():
     assert seen["labels"] is labels and model.prediction == "v"
     for kind, ours in (("epsilon", "eps"), ("sample", "x0")):
         assert sd.adapters.from_diffusers(v_network, diffusers.DDPMScheduler(prediction_type=kind))[1].prediction == ours
+    flow_sigmas = diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0)
+    flow_sde, flow_model = sd.adapters.from_diffusers(v_network, flow_sigmas)
+    assert isinstance(flow_sde, sd.RectifiedFlowSDE) and flow_sde.shift == 3.0 and flow_model.prediction == "flow"
 
 
 def test_bad_models_are_refused_clearly():

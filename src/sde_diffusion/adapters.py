@@ -68,7 +68,8 @@ def diffusers_sde(scheduler) -> tuple[LinearSDE, str, Callable[[torch.Tensor], t
     flow = type(scheduler).__name__.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
     n = int(config.get("num_train_timesteps", 1000))
     if flow:
-        sde = RectifiedFlowSDE(shift=float(config.get("shift", 1.0) or 1.0))
+        shift = config.get("shift") or config.get("flow_shift") or 1.0  # FlowMatch* / DPM-Solver and UniPC's flow sigmas
+        sde = RectifiedFlowSDE(shift=float(shift))
         prediction = "flow"
         return sde, prediction, lambda t: t * n
     if not hasattr(scheduler, "alphas_cumprod"):
