@@ -68,11 +68,12 @@ def run_ours(sde, model, x_start, t_min, budget):
     return results
 
 
-def run_peer(scheduler, steps, x, eps_or_flow, space):
+def run_peer(scheduler, steps, x, eps_or_flow, space, counter: sd.ScoreModel):
     """A diffusers scheduler with the exact prediction at its current sigma. `space`: "vp" (sample scaled by
-    1 / sqrt(1 + sigma^2)), "ve" (x0 + sigma eps, the scheduler scales the model input) or "flow"."""
+    1 / sqrt(1 + sigma^2)), "ve" (x0 + sigma eps, the scheduler scales the model input) or "flow". Returns (NFE, x),
+    the NFE read off `counter`, the wrapper `eps_or_flow` evaluates."""
     scheduler.set_timesteps(steps)
-    calls = 0
+    start = counter.nfe
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         for timestep in scheduler.timesteps:
@@ -84,9 +85,8 @@ def run_peer(scheduler, steps, x, eps_or_flow, space):
                 sigma = math.sqrt((1 - abar) / abar)
             model_input = scheduler.scale_model_input(x, timestep) if space == "ve" else x
             output = eps_or_flow(model_input, sigma)
-            calls += 1
             x = scheduler.step(output.to(x.dtype), timestep, x).prev_sample
-    return calls, x
+    return counter.nfe - start, x
 
 
 def table_case(data, n=512):
@@ -117,7 +117,7 @@ def table_case(data, n=512):
     for label, (scheduler, space) in peers.items():
         for budget in BUDGETS:
             start = x_T.float() if space == "vp" else (x_T / sde.alpha(torch.tensor(1.0, dtype=F64))).float()
-            calls, x = run_peer(scheduler, budget, start, lambda x, s: eps_at_sigma(x, s), space)
+            calls, x = run_peer(scheduler, budget, start, eps_at_sigma, space, exact)
             rows.setdefault(label, {})[budget] = (calls, relative_error(x, x_ref))
     for budget in BUDGETS:
         for label, (nfe, x) in run_ours(sde, model, x_T, t_min, budget).items():
@@ -155,7 +155,7 @@ def flow_case(data, n=512):
     for label, scheduler in peers.items():
         for budget in BUDGETS:
             steps = (budget + 1) // 2 if "Heun" in label else budget
-            calls, x = run_peer(scheduler, steps, x_noise.float(), lambda x, s: velocity(x, s), "flow")
+            calls, x = run_peer(scheduler, steps, x_noise.float(), velocity, "flow", exact)
             rows.setdefault(label, {})[budget] = (calls, relative_error(x, x_ref))
     model = sd.ScoreModel(lambda x, t: exact.flow(x, t), sde, prediction="flow")
     for budget in BUDGETS:

@@ -95,6 +95,7 @@ def test_a_zero_terminal_snr_table_gets_a_finite_log_snr():
         (torch.tensor([0.9, 0.0, 0.0]), "decrease strictly|must lie"),
         (torch.tensor([1.0, 0.5, 0.1]), "no noise at the first timestep"),
         (torch.tensor([0.5]), "at least 2"),
+        (torch.tensor([[0.9, 0.5], [0.3, 0.1]]), "1-D table"),
         (torch.tensor([0.9, float("nan"), 0.1]), "NaN"),
     ],
 )

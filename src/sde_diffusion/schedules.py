@@ -129,7 +129,9 @@ class DiscreteScheduleSDE(LinearSDE):
 
     def __init__(self, alphas_cumprod: Sequence[float] | torch.Tensor | np.ndarray):
         table = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64) if not isinstance(alphas_cumprod, torch.Tensor)
-                                else alphas_cumprod.detach().cpu().to(torch.float64)).flatten()
+                                else alphas_cumprod.detach().cpu().to(torch.float64))
+        if table.ndim != 1:
+            raise ValueError(f"alphas_cumprod must be a 1-D table, one entry per timestep; got shape {tuple(table.shape)}")
         if len(table) < 2:
             raise ValueError(f"alphas_cumprod needs at least 2 entries; got {len(table)}")
         if not torch.isfinite(table).all():
