@@ -5,7 +5,7 @@ VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
 PY      = $(VENV)/bin/python
 
-.PHONY: install test test-fast run
+.PHONY: install test test-fast run docs
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,8 @@ test-fast: install
 
 run: install
 	OMP_NUM_THREADS=1 $(PY) -m sde_diffusion
+
+# The documentation site (README as the guide, docs/architecture.md, the API reference from the docstrings) in site/;
+# every warning is an error. `$(VENV)/bin/mkdocs serve` previews it at http://127.0.0.1:8000.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet

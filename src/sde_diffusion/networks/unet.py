@@ -73,7 +73,9 @@ class UNet(nn.Module):
         channel_mults: one multiplier per resolution level.
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
         attention_levels: indices of the levels with self-attention (default: the lowest); the middle block always has it.
-        heads, groups, dropout: attention heads, GroupNorm groups, dropout in the residual blocks.
+        heads: attention heads.
+        groups: GroupNorm groups.
+        dropout: dropout in the residual blocks.
         time_embedding: "sinusoidal" or "fourier"; `T` the SDE's horizon (times are divided by it).
         num_classes: class-conditional with a learned null class (`NULL_LABEL`) when given.
     """

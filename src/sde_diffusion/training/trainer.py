@@ -104,19 +104,24 @@ class Trainer:
         loss: the objective, which also fixes the SDE and the prediction the model is trained for.
         data: an `ArrayDataset` (fast path) or any map-style dataset of `x` or `(x, label)`.
         batch_size: examples per step per process.
-        lr, weight_decay, betas: AdamW (Loshchilov & Hutter 2019).
+        lr: AdamW's learning rate (Loshchilov & Hutter 2019).
+        weight_decay: AdamW's decoupled weight decay.
+        betas: AdamW's moment decay rates.
         warmup_steps: the learning rate ramps linearly from lr / warmup_steps to lr over these steps.
         grad_clip: maximum global gradient norm (None or 0: no clipping).
-        ema_decay, ema_warmup: the EMA of the weights used for sampling (`EMA`).
+        ema_decay: decay of the EMA of the weights used for sampling (`EMA`).
+        ema_warmup: the EMA's warm-up (`EMA`).
         seed: all randomness derives from it (and the rank).
         device: default cuda:LOCAL_RANK when CUDA is available, else CPU.
         precision: "fp32", or "bf16" autocast (for GPUs; works but is slow on most CPUs).
         compile: wrap the model in `torch.compile` (GPU; off by default).
-        checkpoint_dir, checkpoint_every, keep_checkpoints: where, how often (steps; 0 = only at the end of
-            `train`), and how many checkpoints to keep. Only rank 0 writes.
+        checkpoint_dir: where checkpoints go (None: none are written). Only rank 0 writes.
+        checkpoint_every: steps between checkpoints (0 = only at the end of `train`).
+        keep_checkpoints: how many checkpoints to keep.
         resume: continue from the newest checkpoint in `checkpoint_dir`. Without it, a directory that already
             holds checkpoints is refused, so another run's files are never overwritten.
-        eval_every, eval_fn: call `eval_fn(trainer) -> dict of metrics` every `eval_every` steps on rank 0.
+        eval_every: steps between calls of `eval_fn`.
+        eval_fn: `eval_fn(trainer) -> dict of metrics`, called every `eval_every` steps on rank 0.
         log_every: steps between logged records (mean loss, lr, gradient norm, steps/s) in `history`.
         progress: show a progress bar (rank 0) with the loss and steps/s.
     """
@@ -125,7 +130,7 @@ class Trainer:
         self,
         model: nn.Module,
         loss: DSMLoss,
-        data,
+        data: torch.utils.data.Dataset,
         *,
         batch_size: int = 256,
         lr: float = 2e-4,
