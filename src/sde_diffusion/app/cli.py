@@ -1,5 +1,6 @@
 """The Hydra entry points: sde-run (also `python -m sde_diffusion`), sde-train, sde-sample, sde-evaluate,
-sde-likelihood. All read the same packaged config (conf/config.yaml) and take the same overrides.
+sde-likelihood, sde-arena. All read the same packaged config (conf/config.yaml) and take the same overrides; each
+writes to outputs/<its name>/DATE/TIME and returns its objective (the main metric) to a sweeper.
 
 A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2;
 Hydra itself reports unknown keys and wrong types of the typed top level (exit status 1).
@@ -35,37 +36,54 @@ def set_threads(threads) -> None:
         torch.set_num_threads(threads)
 
 
-def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
+def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | None:
+    """Run `job` in Hydra's output folder; return its objective (`jobs.objective`) for a sweeper."""
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         set_threads(cfg.get("threads", 1))
-        job(cfg, out)
+        metrics = job(cfg, out)
+        value = jobs.objective(metrics, cfg.get("objective"), (cfg.evaluate.metrics or ["sliced_wasserstein"])[0])
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     print(f"outputs written to {out}")
+    return value
 
 
-def _entry(job: Callable[[DictConfig, Path], dict]) -> Callable[[], None]:
+def with_job_name(argv: list[str], name: str) -> list[str]:
+    """`argv` with `hydra.job.name=name` appended unless it names one: the job name is the output folder's first
+    level (outputs/train/DATE/TIME) and the log file's name (train.log)."""
+    if any(a.startswith(("hydra.job.name=", "++hydra.job.name=")) for a in argv[1:]):
+        return argv
+    return [*argv, f"hydra.job.name={name}"]
+
+
+def _entry(job: Callable[[DictConfig, Path], dict], name: str) -> Callable[[], float | None]:
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
-    def main(cfg: DictConfig) -> None:
-        _run(job, cfg)
+    def main(cfg: DictConfig) -> float | None:
+        return _run(job, cfg)
 
-    return main
+    def entry() -> float | None:
+        sys.argv[:] = with_job_name(sys.argv, name)
+        return main()
+
+    entry.__doc__ = f"The `{name}` job ({job.__doc__ or job.__name__})."
+    return entry
 
 
-run = _entry(jobs.run_main)
-train = _entry(jobs.run_train)
-sample = _entry(jobs.run_sample)
-evaluate = _entry(jobs.run_evaluate)
-likelihood = _entry(jobs.run_likelihood)
+run = _entry(jobs.run_main, "run")
+train = _entry(jobs.run_train, "train")
+sample = _entry(jobs.run_sample, "sample")
+evaluate = _entry(jobs.run_evaluate, "evaluate")
+likelihood = _entry(jobs.run_likelihood, "likelihood")
+arena = _entry(jobs.run_arena, "arena")
 
-JOBS = {"run": run, "train": train, "sample": sample, "evaluate": evaluate, "likelihood": likelihood}
+JOBS = {"run": run, "train": train, "sample": sample, "evaluate": evaluate, "likelihood": likelihood, "arena": arena}
 
 
 def dispatch() -> None:
-    """`python -m sde_diffusion.app.cli JOB [overrides]`, JOB one of run, train, sample, evaluate, likelihood."""
+    """`python -m sde_diffusion.app.cli JOB [overrides]`, JOB one of run, train, sample, evaluate, likelihood, arena."""
     if len(sys.argv) < 2 or sys.argv[1] not in JOBS:
         print(f"usage: python -m sde_diffusion.app.cli {{{','.join(JOBS)}}} [overrides]", file=sys.stderr)
         raise SystemExit(2)

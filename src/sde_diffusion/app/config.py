@@ -6,6 +6,10 @@ Two layers of checking, both before any work starts:
   - every node with a `_target_` (sde, model, data, each solver, the likelihood) is checked by `validate` against
     the signature of what it builds: an unknown key fails with a "did you mean" hint, a value whose type
     contradicts a simple annotation (int, float, bool, str) fails, each naming the full key path.
+
+A solver node's `_target_` is the registry (`sde_diffusion.solvers.get` with a `name`) or any callable that builds
+a `Solver`, a user's own class included (the plugin point): its options are checked against its signature, and the
+app's own keys `steps` and `grid` are taken off before it is called.
 """
 
 from __future__ import annotations
@@ -96,6 +100,15 @@ class EvaluateConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where data sets are read from and runs are written (conf/paths/default.yaml sets them)."""
+
+    data_dir: str = "data"  # the torchvision-layout root of mnist / cifar10 (their `root`)
+    output_dir: str = "outputs"  # runs go to output_dir/<job>/DATE/TIME (job: run, train, sample, ...)
+    multirun_dir: str = "multirun"  # sweeps (-m) go to multirun_dir/<job>/DATE/TIME
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -104,11 +117,16 @@ class Config:
     # steps/s measured on 2 cores); 0 leaves torch's own choice (OMP_NUM_THREADS or the core count), N uses N.
     threads: int = 1
     plots: bool = True
+    # The number a job returns (to a sweeper such as Optuna): a dotted path into its metrics.json, e.g.
+    # solvers.pc.sliced_wasserstein; null: the job's main metric (see sde_diffusion.app.jobs.objective).
+    objective: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
     sde: Any = MISSING
     model: Any = MISSING
     data: Any = MISSING
     solvers: Any = field(default_factory=dict)
     likelihood: Any = None
+    arena: Any = None  # sde-arena: a node of conf/arena/ (arena=quick or arena=full)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -171,14 +189,17 @@ def _type_ok(value, allowed: set[type]) -> bool:
     return type(value) in allowed
 
 
-def validate_node(node: dict, key: str) -> None:
-    """Check one `_target_` node's keys and simple types against the signature of what it builds."""
+def validate_node(node: dict, key: str, extra: tuple[str, ...] = ()) -> None:
+    """Check one `_target_` node's keys and simple types against the signature of what it builds; `extra` are keys
+    the app reads itself (a solver node's `steps` and `grid`)."""
     target = node["_target_"]
-    fn, extra = _dispatched(target, node, key)
+    fn, dispatched_extra = _dispatched(target, node, key)
+    extra = tuple(dict.fromkeys(extra + dispatched_extra))
     if fn is None:
         obj = _locate(target)
         fn = obj.__init__ if inspect.isclass(obj) else obj
-        params = {k: p for k, p in inspect.signature(fn).parameters.items() if k != "self"}
+        # a class without an __init__ of its own takes no options (object's signature is *args, **kwargs)
+        params = {} if fn is object.__init__ else {k: p for k, p in inspect.signature(fn).parameters.items() if k != "self"}
     else:
         params = {k: p for k, p in inspect.signature(fn).parameters.items() if k not in ("self", "name")}
         params["name"] = None
@@ -237,10 +258,11 @@ def validate(cfg: DictConfig) -> dict:
     if not isinstance(resolved.get("solvers"), dict):
         raise ConfigError("solvers must map names to solver nodes (e.g. +solver@solvers.ode=heun)")
     for name, node in resolved["solvers"].items():
-        if not isinstance(node, dict) or node.get("_target_") != "sde_diffusion.solvers.get":
-            raise ConfigError(f"solvers.{name} must be a solver node from conf/solver/ (_target_: sde_diffusion.solvers.get)")
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ConfigError(f"solvers.{name} must be a solver node: one from conf/solver/ (+solver@solvers.{name}=heun) "
+                              "or a node whose _target_ builds a Solver (your own class)")
     if resolved["device"] not in ("auto", "cpu", "cuda") and not str(resolved["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {resolved['device']!r}")
     for key, node in _walk(resolved, ""):
-        validate_node(node, key)
+        validate_node(node, key, SAMPLING_KEYS if key.startswith("solvers.") and key.count(".") == 1 else ())
     return resolved

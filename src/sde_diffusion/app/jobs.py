@@ -89,11 +89,22 @@ def build(cfg: DictConfig) -> Built:
     if not resolved["solvers"]:
         raise ConfigError("no solvers configured: add one with +solver@solvers.NAME=<a file of conf/solver/>")
     steps_override = resolved["sample"]["steps"]
+    if steps_override is not None and len(resolved["solvers"]) > 1:
+        raise ConfigError(
+            f"sample.steps={steps_override} would set the steps of every solver ({', '.join(resolved['solvers'])}); set "
+            "one solver's with solvers.NAME.steps=..., or sample with a single solver (experiment=solver_sweep)")
     samplers = {}
     for name, node in resolved["solvers"].items():
         options = {k: v for k, v in node.items() if k not in SAMPLING_KEYS}
         solver = _instantiate(options, f"solvers.{name}")
+        if not isinstance(solver, Solver):
+            raise ConfigError(f"solvers.{name}: _target_ {node['_target_']} built a {type(solver).__name__}, not a "
+                              "sde_diffusion.solvers.Solver (subclass Solver, with init and step)")
         steps = steps_override if steps_override is not None else node.get("steps")
+        if solver.adaptive and steps is not None:
+            key = "sample.steps" if steps_override is not None else f"solvers.{name}.steps"
+            raise ConfigError(f"{key}={steps}: {solver.name} is adaptive and chooses its own steps; set it to null "
+                              "(and bound the work with the solver's tolerances or max_nfe)")
         samplers[name] = Sampler(solver, steps, _checked_grid(node.get("grid"), solver, f"solvers.{name}.grid"))
     if any(sampler.grid == CALIBRATED for sampler in samplers.values()):
         _check_calibration(resolved["sample"]["calibration"])
@@ -226,8 +237,9 @@ def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = Non
             seconds = time.perf_counter() - start
             results[name] = {"x": result.x.detach().cpu(), "nfe": int(result.nfe), "wall_time_s": seconds,
                              "solver": sampler.solver.name, "steps": sampler.steps, "grid": sampler.grid, **extra}
-            log.info("sampled %d with %s (%s, steps=%s): NFE %d, %.2f s", s["n"], name, sampler.solver.name,
-                     sampler.steps, result.nfe, seconds)
+            steps = "adaptive" if sampler.solver.adaptive else f"{sampler.steps or sampler.solver.default_steps} steps"
+            log.info("sampled %d with %s (slot %s, %s): NFE %d, %.2f s", s["n"], sampler.solver.name, name, steps,
+                     result.nfe, seconds)
     return results
 
 
@@ -427,3 +439,56 @@ def run_likelihood(cfg: DictConfig, out: Path) -> dict:
     result = {"checkpoint": str(file), "likelihood": likelihood(built, score)}
     outputs.write_json(out / "metrics.json", result)
     return result
+
+
+def run_arena(cfg: DictConfig, out: Path) -> dict:
+    """The solver arena (sde_diffusion.arena) from a node of conf/arena/: every solver x budget on exact-score
+    problems beside the peers; its report (records.csv, summary.csv, results.md, charts) in the run folder."""
+    from .. import arena
+
+    resolved = validate(cfg)
+    if not resolved.get("arena"):
+        raise ConfigError("no arena configured: pass arena=quick (about 2 minutes on 2 cores) or arena=full")
+    config = _instantiate(resolved["arena"], "arena", _convert_="all")
+    lineup = arena.select(arena.default_contestants(config.peers, config.calibrated), config.solvers)
+    start = time.perf_counter()
+    result = arena.run_arena(config, lineup, log=log.info)
+    result.seconds = time.perf_counter() - start
+    paths = arena.write_report(result, out, command="sde-arena " + " ".join(_overrides()))
+    summary = {"runs": len(result.records), "wall_time_s": result.seconds, "files": {k: str(v) for k, v in paths.items()}}
+    outputs.write_json(out / "metrics.json", summary)
+    return summary
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# -- the number a job returns --------------------------------------------------------------------------------------
+def objective(metrics: dict, path: str | None = None, metric: str = "sliced_wasserstein") -> float | None:
+    """The number a job hands to a sweeper (Optuna, Ax): `metrics` at the dotted `path` (e.g.
+    `solvers.pc.sliced_wasserstein`, `train.final_loss`, `likelihood.nll`); without a path, the job's main metric:
+    `metric` of its first solver (run, sample, evaluate), the likelihood's nll or bits/dim, or the final training loss.
+    None where the job measures nothing of the kind (the arena)."""
+    if path is None:
+        if metrics.get("solvers"):
+            path = f"solvers.{next(iter(metrics['solvers']))}.{metric}"
+        elif "likelihood" in metrics:
+            path = "likelihood." + ("nll" if "nll" in metrics["likelihood"] else "bits_per_dim")
+        elif "train" in metrics:
+            path = "train.final_loss"
+        else:
+            return None
+    value: Any = metrics
+    for i, part in enumerate(path.split(".")):
+        if not isinstance(value, dict) or part not in value:
+            where = ".".join(path.split(".")[:i]) or "metrics.json"
+            known = sorted(value) if isinstance(value, dict) else []
+            raise ConfigError(f"objective={path}: {where} has no {part!r} (it has: {', '.join(map(str, known)) or 'nothing'})")
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"objective={path} is not a number ({type(value).__name__}); name a metric such as "
+                          f"solvers.NAME.{metric}")
+    return float(value)
