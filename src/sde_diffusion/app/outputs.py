@@ -25,6 +25,7 @@ def _atomic_write(path: Path, write) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -33,6 +34,12 @@ def _atomic_write(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(value: Any):
@@ -127,33 +134,59 @@ def plot_loss(path: Path, history: list[dict]) -> Path:
 
 
 def rows_from_metrics(metrics: dict, run: str) -> list[dict]:
-    """One flat row per solver of a run's metrics.json: run, solver key, NFE, wall time and every metric."""
+    """One flat row per solver of a run's metrics.json: run, solver key, NFE, wall time, every metric with its
+    standard error, the floors (`floor_<metric>`, `floor_<metric>_stderr`) and the data's log-density if known."""
     rows = []
     for key, s in metrics.get("solvers", {}).items():
         row = {"run": run, "sampler": key}
         row.update({k: v for k, v in s.items() if not isinstance(v, (dict, list))})
         for metric, value in metrics.get("floor", {}).items():
             row[f"floor_{metric}"] = value
+        if "data_log_prob" in metrics:
+            row["data_log_prob"] = metrics["data_log_prob"]
         rows.append(row)
     return rows
 
 
 def plot_quality_vs_nfe(path: Path, rows: list[dict], metric: str = "sliced_wasserstein") -> Path:
-    """`metric` against NFE, one line per solver (points sorted by NFE), with the two-sample floor dashed."""
+    """`metric` against NFE with its standard error, one line per solver (points sorted by NFE), the two-sample
+    floor as a band (mean +- 2 standard errors: samples inside it are indistinguishable from data at this size);
+    beside it, where the data's log-density is known (Gaussian mixtures), the samples' mean log p against the
+    data's, which sees errors (mass between the modes, widened modes) that a distance at the floor cannot."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    has_log_prob = any(r.get("sample_log_prob") is not None and r.get("data_log_prob") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_log_prob else 1, figsize=(11 if has_log_prob else 5.5, 4), squeeze=False)
     by_solver: dict[str, list] = {}
     for r in rows:
         if r.get("nfe") and r.get(metric) is not None:
-            by_solver.setdefault(str(r.get("solver", r.get("sampler"))), []).append((r["nfe"], r[metric]))
-    for name, points in sorted(by_solver.items()):
-        points.sort()
-        ax.plot(*zip(*points), marker="o", label=name)
-    floors = [r[f"floor_{metric}"] for r in rows if r.get(f"floor_{metric}") is not None]
+            by_solver.setdefault(str(r.get("solver", r.get("sampler"))), []).append(r)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ax = axes[0][0]
+    for i, (name, points) in enumerate(sorted(by_solver.items())):
+        points.sort(key=lambda r: r["nfe"])
+        err = [r.get(f"{metric}_stderr") or 0.0 for r in points]
+        ax.errorbar([r["nfe"] for r in points], [r[metric] for r in points], yerr=err, marker="o", capsize=3,
+                    color=colors[i % len(colors)], label=name)
+    floors = [(r[f"floor_{metric}"], r.get(f"floor_{metric}_stderr") or 0.0) for r in rows if r.get(f"floor_{metric}") is not None]
     if floors:
-        ax.axhline(float(np.mean(floors)), ls="--", color="gray", label="two-sample floor")
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title="sample quality vs NFE")
+        mean, err = float(np.mean([f for f, _ in floors])), float(np.mean([e for _, e in floors]))
+        ax.axhspan(max(mean - 2 * err, 1e-12), mean + 2 * err, color="gray", alpha=0.25, lw=0,
+                   label="two-sample floor (±2 s.e.)")
+        ax.axhline(mean, ls="--", color="gray", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title="distance to the data")
     ax.grid(alpha=0.3, which="both")
     if by_solver:
         ax.legend(fontsize=8)
+    if has_log_prob:
+        ax = axes[0][1]
+        for i, (name, points) in enumerate(sorted(by_solver.items())):
+            points = [r for r in points if r.get("sample_log_prob") is not None]
+            ax.plot([r["nfe"] for r in points], [r["sample_log_prob"] for r in points], marker="o",
+                    color=colors[i % len(colors)], label=name)
+        data = float(np.mean([r["data_log_prob"] for r in rows if r.get("data_log_prob") is not None]))
+        ax.axhline(data, ls="--", color="k", lw=1, label="data")
+        ax.set(xscale="log", xlabel="NFE", ylabel="mean log p(sample) (exact density)", title="log-density of the samples")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("sample quality vs NFE", fontsize=10)
     return _save(fig, path)
