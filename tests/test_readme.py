@@ -16,7 +16,8 @@ def example(section: str) -> str:
     return re.search(r"```python\n(.*?)```", body, re.S).group(1)
 
 
-@pytest.mark.parametrize("section", ["Ten lines: a custom SDE, three solvers", "Bring your own model"])
-def test_example_runs(section):
+@pytest.mark.parametrize("section", ["Ten lines: a custom SDE, three solvers", "Bring your own model", "Training"])
+def test_example_runs(section, tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
+    monkeypatch.chdir(tmp_path)  # the training example writes its checkpoints to ./ckpt
     exec(compile(example(section), f"README.md: {section}", "exec"), {})

@@ -19,6 +19,8 @@ from typing import Iterable
 
 import torch
 
+from .charts import plot_case
+
 METRICS = ("traj_err", "traj_err_median", "sw2", "mmd", "energy")
 TRAJECTORY_TARGETS = (1e-1, 1e-2, 1e-3, 1e-4)
 FLOOR_TARGETS = (2.0, 1.25)
@@ -366,52 +368,6 @@ def markdown(result, rows: list[dict], overhead_rows: list[dict] | None = None, 
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def _style(labels: list[str]):
-    import matplotlib
-
-    colours = [matplotlib.colormaps[name](i) for name in ("tab20", "tab20b") for i in range(20)]
-    return {label: colours[i % len(colours)] for i, label in enumerate(labels)}
-
-
-def plot_case(rows: list[dict], problem: str, sde: str, path: Path, labels: list[str] | None = None) -> None:
-    """Two panels, log axes: trajectory error and SW2 against NFE, one line per contestant (peers dashed),
-    with the SW2 floor as a band (mean ± 2 se)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    case = _of(rows, problem, sde)
-    labels = labels or list(dict.fromkeys(r["label"] for r in case))
-    colour = _style(labels)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
-    for ax, metric, title in ((axes[0], "traj_err", "trajectory error (relative RMS)"), (axes[1], "sw2", "sliced W2 to fresh data")):
-        for label in labels:
-            pts = sorted((r["nfe"], r[metric]) for r in case if r["label"] == label and r["family"] != "reference"
-                         and not math.isnan(r[metric]) and r[metric] > 0)
-            if not pts:
-                continue
-            family = next(r["family"] for r in case if r["label"] == label)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.2,
-                    linestyle="-" if family == "ours" else "--", color=colour[label], label=label)
-        if metric == "sw2" and case:
-            floor, se = case[0]["sw2_floor"], case[0]["sw2_floor_se"]
-            ax.axhspan(max(floor - 2 * se, 1e-12), floor + 2 * se, color="0.85", zorder=0)
-            ax.axhline(floor, color="0.4", linewidth=1, label="two-sample floor")
-            ref = next((r for r in case if r["family"] == "reference"), None)
-            if ref:
-                ax.axhline(ref["sw2"], color="k", linestyle=":", linewidth=1, label="exact PF-ODE")
-            ax.set_ylim(0.5 * floor, 30 * floor)  # what lies beyond is far from the data law, and clipped
-        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", title=f"{problem}, {sde}: {title}")
-        ax.grid(True, which="major", alpha=0.3)
-    handles, names = axes[1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize=7, ncol=1, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.83, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_report(result, out: Path | str, overhead_rows: list[dict] | None = None, command: str = "") -> dict[str, Path]:
     """Write records.csv, summary.csv, one PNG per case and results.md under `out`; return their paths."""
     out = Path(out)
@@ -420,11 +376,10 @@ def write_report(result, out: Path | str, overhead_rows: list[dict] | None = Non
     paths = {"records": out / "records.csv", "summary": out / "summary.csv", "markdown": out / "results.md"}
     write_csv(result.records, paths["records"])
     write_csv(rows, paths["summary"])
-    labels = [c["label"] for c in result.contestants]
     charts = {}
     for problem, sde in cases_of(rows):
         name = f"error_vs_nfe_{problem}_{sde}.png"
-        plot_case(rows, problem, sde, out / name, labels)
+        plot_case(rows, problem, sde, out / name)
         charts[(problem, sde)] = name
         paths[f"chart {problem}/{sde}"] = out / name
     if overhead_rows:
