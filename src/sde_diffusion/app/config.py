@@ -42,6 +42,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_schedule: str = "constant"  # or "cosine": after the warm-up, a cosine decay of the rate to 0 at `steps`
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.999
     precision: str = "fp32"

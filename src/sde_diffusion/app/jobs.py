@@ -165,9 +165,12 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
     loss = _instantiate(t["loss"], "train.loss")(built.sde)
     if not isinstance(loss, DSMLoss):
         raise ConfigError(f"train.loss must build a DSMLoss; got {type(loss).__name__}")
+    if t["lr_schedule"] not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be constant or cosine; got {t['lr_schedule']!r}")
     trainer = Trainer(
         built.network, loss, built.data,
         batch_size=t["batch_size"], lr=t["lr"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
+        lr_decay_steps=t["steps"] if t["lr_schedule"] == "cosine" else 0,
         grad_clip=t["grad_clip"], ema_decay=t["ema_decay"], seed=built.config["seed"], device=built.device,
         precision=t["precision"], compile=t["compile"], checkpoint_dir=out / "checkpoints",
         checkpoint_every=t["checkpoint_every"], keep_checkpoints=t["keep_checkpoints"], resume=t["resume"],
@@ -287,10 +290,13 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
     law, or the held-out split), beside the two-sample floor at the same size; for a Gaussian mixture also the exact
     score's samples (same solver and steps) and the mean log p of the samples under the mixture."""
     e, seed = built.config["evaluate"], built.config["seed"]
+    start = time.perf_counter()
     n = min(len(r["x"]) for r in samples.values()) if samples else built.config["sample"]["n"]
     draw, ref = reference(built, n, seed)
     n = min(n, len(ref))
     fns = _metric_fns(e["metrics"], math.prod(built.data.shape), e["projections"], seed)
+    log.info("evaluating %d sample set(s) of %d with %s against the data (floors from %d pairs of data samples)",
+             len(samples), n, ", ".join(fns), e["floor_repeats"])
     floor = {}
     for name, fn in fns.items():
         mean, err = M.two_sample_floor(draw, n, fn, e["floor_repeats"], torch.Generator().manual_seed(seed + 4))
@@ -319,6 +325,9 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         if mixture is not None:
             row["sample_log_prob"] = float(mixture.log_prob(x.double()).mean()) if row["finite"] else float("nan")
         report["solvers"][name] = row
+        log.info("%s: %s", name if row.get("solver") in (None, name) else f"{row['solver']} ({name})", ", ".join(f"{m} {row[m]:.4g} ± {row[m + '_stderr']:.2g} (floor {floor[m]:.4g} ± "
+                                          f"{floor[m + '_stderr']:.2g})" for m in fns)
+                 + (f", log p {row['sample_log_prob']:.3f} (data {report['data_log_prob']:.3f})" if mixture is not None else ""))
     if mixture is not None and e["ground_truth"] and score is not None:
         exact = mixture.score_model(built.sde)
         log.info("ground truth: the same solvers driven by the exact score of the mixture")
@@ -331,6 +340,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
             }
             for name, r in truth.items()
         }
+    log.info("evaluated in %.1f s", time.perf_counter() - start)
     return report
 
 

@@ -108,6 +108,8 @@ class Trainer:
         weight_decay: AdamW's decoupled weight decay.
         betas: AdamW's moment decay rates.
         warmup_steps: the learning rate ramps linearly from lr / warmup_steps to lr over these steps.
+        lr_decay_steps: with N > 0, after the warm-up the rate follows a cosine from lr down to 0 at step N
+            (Loshchilov & Hutter 2017), and stays 0 after; 0 keeps it constant.
         grad_clip: maximum global gradient norm (None or 0: no clipping).
         ema_decay: decay of the EMA of the weights used for sampling (`EMA`).
         ema_warmup: the EMA's warm-up (`EMA`).
@@ -137,6 +139,7 @@ class Trainer:
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_decay_steps: int = 0,
         grad_clip: float | None = 1.0,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
@@ -159,6 +162,8 @@ class Trainer:
             raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
         if not lr > 0:
             raise ValueError(f"lr must be positive; got {lr}")
+        if isinstance(lr_decay_steps, bool) or not (isinstance(lr_decay_steps, int) and lr_decay_steps >= 0):
+            raise ValueError(f"lr_decay_steps must be an integer >= 0 (0: a constant rate); got {lr_decay_steps!r}")
         if eval_every and eval_fn is None:
             raise ValueError("eval_every is set but no eval_fn was given")
         self.ctx = distributed.context()
@@ -167,6 +172,7 @@ class Trainer:
         self.loss, self.data = loss, data
         self.batch_size, self.lr, self.weight_decay, self.betas = batch_size, float(lr), float(weight_decay), tuple(betas)
         self.warmup_steps, self.grad_clip, self.seed = int(warmup_steps), grad_clip, int(seed)
+        self.lr_decay_steps = lr_decay_steps
         self.precision, self.compile = precision, bool(compile)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every, self.keep_checkpoints = int(checkpoint_every), int(keep_checkpoints)
@@ -197,8 +203,14 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to `lr` over `warmup_steps`, then constant."""
-        return self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else self.lr
+        """Linear warm-up to `lr` over `warmup_steps`; then constant, or with `lr_decay_steps` = N the cosine
+        lr (1 + cos(pi (step - warmup) / (N - warmup))) / 2 down to 0 at step N."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_decay_steps <= self.warmup_steps:
+            return self.lr
+        progress = min(1.0, (step - self.warmup_steps) / (self.lr_decay_steps - self.warmup_steps))
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -297,7 +309,7 @@ class Trainer:
             "data": {"name": str(getattr(self.data, "name", type(self.data).__name__)), "size": len(self.data)},
             "trainer": {
                 "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay, "betas": list(self.betas),
-                "warmup_steps": self.warmup_steps, "grad_clip": self.grad_clip, "ema_decay": self.ema.decay,
+                "warmup_steps": self.warmup_steps, "lr_decay_steps": self.lr_decay_steps, "grad_clip": self.grad_clip, "ema_decay": self.ema.decay,
                 "ema_warmup": self.ema.warmup, "seed": self.seed, "precision": self.precision,
             },
         }
