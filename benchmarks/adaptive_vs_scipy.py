@@ -39,10 +39,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.metrics import random_projections, sliced_wasserstein  # noqa: E402
-from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
-from sde_diffusion.metrics import relative_error  # noqa: E402
+import sde_diffusion as sd
+from sde_diffusion.arena.problems import get_problem, get_sde
+from sde_diffusion.metrics import (
+    random_projections,
+    relative_error,
+    sliced_wasserstein,
+)
 
 FINE_LADDER = (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 4e-5, 3e-5, 2.5e-5, 2e-5, 1.5e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)
 ODE_RUNS = (  # (label, solver, options, tolerances)

@@ -20,9 +20,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-import sde_diffusion as sd  # noqa: E402
+import sde_diffusion as sd
 from sde_diffusion.arena.problems import get_problem, get_sde
-from sde_diffusion.metrics import relative_error  # noqa: E402
+from sde_diffusion.metrics import relative_error
 
 SOLVERS = [  # (label, name, options, evaluations per step)
     ("ddim", "ddim", {}, 1),

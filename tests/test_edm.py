@@ -16,8 +16,8 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.edm import adams_bashforth_coefficients
-from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 
 SDES = {k: SDE_FACTORIES[k] for k in ("vp", "ve", "ou", "user")}
 DATA = {

@@ -16,8 +16,8 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW, phi
-from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 
 F64 = torch.float64
 SLOPE_TOL = 0.3
@@ -30,7 +30,7 @@ DATA = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(sde_name: str, data_name: str):
     """(sde, model, x_T, t_min, reference x at t_min, lambda span), built once per module."""
     sde, data = SDES[sde_name](), DATA[data_name]()

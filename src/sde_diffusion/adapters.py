@@ -19,7 +19,8 @@ diffusers is an optional dependency that only `from_diffusers` needs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

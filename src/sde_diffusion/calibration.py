@@ -38,8 +38,8 @@ are reported in `Calibration.nfe`, apart from the NFE of sampling with the grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import scipy.optimize

@@ -6,7 +6,7 @@ the same distance between two independent draws of the reference law at the same
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -25,7 +25,7 @@ rectified flow. Each is a `LinearSDE`, so every solver, loss and likelihood runs
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

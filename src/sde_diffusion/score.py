@@ -15,7 +15,8 @@ al. 2023; Liu et al. 2023; SD3, Flux), d x_t / dt for alpha = 1 - t, sigma = t: 
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 

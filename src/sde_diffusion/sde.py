@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -154,17 +154,17 @@ class LinearSDE(SDE):
         return -0.5 * sum_except_batch(x**2) / std**2 - n * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
     @staticmethod
-    def from_coefficients(f: CoefficientFn, g: CoefficientFn, T: float = 1.0, **options) -> "TabulatedLinearSDE":
+    def from_coefficients(f: CoefficientFn, g: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A linear SDE `dx = f(t) x dt + g(t) dW` from its coefficient functions (tensor in, tensor out)."""
         return TabulatedLinearSDE(f, lambda t: g(t) ** 2, T, **options)
 
     @staticmethod
-    def from_beta(beta: CoefficientFn, T: float = 1.0, **options) -> "TabulatedLinearSDE":
+    def from_beta(beta: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A variance-preserving SDE `dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW` from `beta` alone."""
         return TabulatedLinearSDE(lambda t: -0.5 * beta(t), beta, T, **options)
 
     @staticmethod
-    def from_alpha_sigma(alpha: CoefficientFn, sigma: CoefficientFn, T: float = 1.0, **options) -> "LinearSDE":
+    def from_alpha_sigma(alpha: CoefficientFn, sigma: CoefficientFn, T: float = 1.0, **options) -> LinearSDE:
         """A linear SDE from its marginal coefficients, f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2
         (by autograd); see `schedules.MarginalLinearSDE`."""
         from .schedules import MarginalLinearSDE
@@ -172,7 +172,7 @@ class LinearSDE(SDE):
         return MarginalLinearSDE(alpha, sigma, T, **options)
 
     @staticmethod
-    def from_alphas_cumprod(alphas_cumprod) -> "LinearSDE":
+    def from_alphas_cumprod(alphas_cumprod) -> LinearSDE:
         """A discrete DDPM table (diffusers' `alphas_cumprod`) as a continuous SDE, entry i at t = (i + 1) / N, with
         the network's timestep `sde.timestep(t)`; see `schedules.DiscreteScheduleSDE`."""
         from .schedules import DiscreteScheduleSDE

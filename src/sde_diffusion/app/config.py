@@ -14,8 +14,9 @@ import difflib
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -38,7 +39,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    grad_clip: Optional[float] = 1.0
+    grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     precision: str = "fp32"
     compile: bool = False
@@ -68,7 +69,7 @@ class CalibrationConfig:
     pilot: int = 1024
     max_evaluations: int = 1500
     trim: float = 0.0
-    pool: Optional[int] = None
+    pool: int | None = None
 
 
 @dataclass
@@ -76,9 +77,9 @@ class SampleConfig:
     """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
 
     n: int = 2000
-    steps: Optional[int] = None  # overrides every solver's own `steps`
+    steps: int | None = None  # overrides every solver's own `steps`
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
-    checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
+    checkpoint: str | None = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -91,7 +92,7 @@ class EvaluateConfig:
     projections: int = 256  # fixed directions for sliced Wasserstein (drawn from `seed`)
     floor_repeats: int = 5  # two-sample floor: mean over this many pairs of data samples
     ground_truth: bool = True  # for Gaussian-mixture data: also sample with the exact score, and log p of samples
-    samples: Optional[str] = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
+    samples: str | None = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
     likelihood_n: int = 500  # sde-likelihood: data points (fresh draws, or the first of the test split)
 
 

@@ -13,9 +13,9 @@ import math
 import platform
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 

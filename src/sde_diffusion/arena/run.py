@@ -28,10 +28,10 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
-from typing import Callable, Sequence
 
 import torch
 
@@ -75,11 +75,11 @@ class ArenaConfig:
     device: str = "cpu"
 
     @classmethod
-    def full(cls, **overrides) -> "ArenaConfig":
+    def full(cls, **overrides) -> ArenaConfig:
         return cls(**overrides)
 
     @classmethod
-    def quick(cls, **overrides) -> "ArenaConfig":
+    def quick(cls, **overrides) -> ArenaConfig:
         base = dict(problems=("ring-2d", "gmm-32d"), sdes=("edm", "vp"), budgets=(5, 10, 20, 50, 100), seeds=2,
                     samples=256, tolerances=(1e-2, 1e-3, 1e-4), calibrated=False)
         return cls(**{**base, **overrides})

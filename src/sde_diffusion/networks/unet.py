@@ -9,7 +9,7 @@ zero-initialised, so each block starts as the identity and the untrained network
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ import torch
 from ..reverse import ReverseSDE
 from ..tensors import append_dims
 from .base import Solver, SolverState, gaussian_noise, per_sample
-from .control import AdaptiveController, StepSizeError
+from .control import AdaptiveController
 from .edm import denoiser
 from .problems import DiffusionProblem, LogSNRChart
 
@@ -264,7 +264,7 @@ class BrownianMemory:
         self.dt, self.dW, self.depth = dt, dW, depth
 
     @classmethod
-    def empty(cls, like: torch.Tensor) -> "BrownianMemory":
+    def empty(cls, like: torch.Tensor) -> BrownianMemory:
         batch = len(like)
         return cls(torch.zeros(batch, 0, dtype=torch.float64, device=like.device),
                    torch.zeros(batch, 0, *like.shape[1:], dtype=like.dtype, device=like.device),
@@ -301,7 +301,7 @@ class BrownianMemory:
         self.depth = depth
         return total + append_dims(need.to(total.dtype).sqrt(), total.ndim) * gaussian_noise(total, generator)
 
-    def popped(self) -> "BrownianMemory":
+    def popped(self) -> BrownianMemory:
         """The stacks without their top increments (the storage is shared: one of the two is dropped by the loop)."""
         return BrownianMemory(self.dt, self.dW, self.depth - 1)
 
@@ -311,10 +311,10 @@ class BrownianMemory:
             self.dt = torch.cat([self.dt, self.dt.new_zeros((len(self.dt), extra))], 1)
             self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), extra) + self.dW.shape[2:])], 1)
 
-    def select(self, idx: torch.Tensor) -> "BrownianMemory":
+    def select(self, idx: torch.Tensor) -> BrownianMemory:
         return BrownianMemory(self.dt[idx], self.dW[idx], self.depth[idx])
 
-    def where(self, keep: torch.Tensor, other: "BrownianMemory") -> "BrownianMemory":
+    def where(self, keep: torch.Tensor, other: BrownianMemory) -> BrownianMemory:
         columns = max(self.dt.shape[1], other.dt.shape[1])
         self._widen(columns)
         other._widen(columns)
@@ -322,7 +322,7 @@ class BrownianMemory:
                               torch.where(append_dims(keep, self.dW.ndim), self.dW, other.dW),
                               torch.where(keep, self.depth, other.depth))
 
-    def merge(self, idx: torch.Tensor, part: "BrownianMemory") -> "BrownianMemory":
+    def merge(self, idx: torch.Tensor, part: BrownianMemory) -> BrownianMemory:
         merged = BrownianMemory(self.dt.clone(), self.dW.clone(), self.depth.clone())
         columns = max(merged.dt.shape[1], part.dt.shape[1])
         merged._widen(columns)

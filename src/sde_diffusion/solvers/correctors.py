@@ -6,10 +6,10 @@ few of its steps at a fixed t to pull the sample back onto p_t after each predic
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ..registry import build
 from ..tensors import append_dims

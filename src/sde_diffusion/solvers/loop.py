@@ -36,7 +36,7 @@ class SampleResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def check_finite(x: torch.Tensor, solver: "Solver", step: int, of: int | str, t, t_next) -> None:
+def check_finite(x: torch.Tensor, solver: Solver, step: int, of: int | str, t, t_next) -> None:
     """Raise NonFiniteError naming the step and times when x holds NaN or inf."""
     if not torch.isfinite(x).all():
         raise NonFiniteError(
@@ -47,7 +47,7 @@ def check_finite(x: torch.Tensor, solver: "Solver", step: int, of: int | str, t,
 
 
 def integrate(
-    solver: "Solver",
+    solver: Solver,
     problem,
     x: torch.Tensor,
     controller: StepSizeController,

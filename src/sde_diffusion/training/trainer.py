@@ -18,8 +18,9 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +145,7 @@ class Trainer:
         keep_checkpoints: int = 2,
         resume: bool = False,
         eval_every: int = 0,
-        eval_fn: Callable[["Trainer"], dict[str, float]] | None = None,
+        eval_fn: Callable[[Trainer], dict[str, float]] | None = None,
         log_every: int = 100,
         progress: bool = True,
     ):
