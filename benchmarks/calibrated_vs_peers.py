@@ -82,7 +82,7 @@ def main() -> None:
                   + " | ".join(f"{row[c.label][0] / row[best][0]:.2f}" for c in ours) + " |", flush=True)
 
     def pooled(label, budget):
-        errors, norms = zip(*squared[label, budget])
+        errors, norms = zip(*squared[label, budget], strict=True)
         return (sum(errors) / sum(norms)) ** 0.5
 
     print(f"\nPooled over {args.sets} x {args.samples} draws (relative RMS over all of them):")

@@ -43,7 +43,7 @@ def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None  # the message is the whole report
     print(f"outputs written to {out}")
 
 

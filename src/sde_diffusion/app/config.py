@@ -204,9 +204,9 @@ def validate_node(node: dict, key: str) -> None:
         if value is not None and allowed is not None and not _type_ok(value, allowed):
             names = " or ".join(sorted(t.__name__ for t in allowed if t is not type(None)))
             raise ConfigError(f"{key}.{k} must be {names}; got {type(value).__name__} {value!r}")
-    if "steps" in extra and node.get("steps") is not None:
-        if not (isinstance(node["steps"], int) and not isinstance(node["steps"], bool) and node["steps"] >= 1):
-            raise ConfigError(f"{key}.steps must be a positive integer or null; got {node['steps']!r}")
+    steps = node.get("steps") if "steps" in extra else None
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ConfigError(f"{key}.steps must be a positive integer or null; got {steps!r}")
 
 
 def _walk(node, key: str):

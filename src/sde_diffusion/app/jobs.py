@@ -353,7 +353,7 @@ def _finish(built: Built, out: Path, samples: dict, report: dict, extra: dict) -
     outputs.write_npz(out / "samples.npz", {name: r["x"].numpy() for name, r in samples.items()})
     outputs.write_json(out / "metrics.json", metrics)
     if built.config["plots"]:
-        draw_ref, ref = reference(built, min(len(r["x"]) for r in samples.values()), built.config["seed"])
+        _draw_ref, ref = reference(built, min(len(r["x"]) for r in samples.values()), built.config["seed"])
         outputs.plot_samples(out / "samples.png", {n: r["x"] for n, r in samples.items()}, ref, built.data.shape)
         outputs.plot_quality_vs_nfe(out / "quality_vs_nfe.png", outputs.rows_from_metrics(metrics, out.name))
     return metrics

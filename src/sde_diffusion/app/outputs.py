@@ -84,8 +84,8 @@ def _save(fig, path: Path) -> Path:
 def _image_grid(x: torch.Tensor, shape: Sequence[int], count: int = 64) -> np.ndarray:
     """Up to `count` images (C, H, W) in [-1, 1] tiled into one (rows*H, cols*W[, C]) array in [0, 1]."""
     x = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
-    cols = int(math.ceil(math.sqrt(len(x))))
-    rows = int(math.ceil(len(x) / cols))
+    cols = math.ceil(math.sqrt(len(x)))
+    rows = math.ceil(len(x) / cols)
     c, h, w = shape
     grid = np.ones((rows * (h + 1), cols * (w + 1), c))
     for i, img in enumerate(x):
@@ -100,7 +100,7 @@ def plot_samples(path: Path, samples: dict[str, torch.Tensor], data: torch.Tenso
     plt = _pyplot()
     panels = {"data": data, **samples}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, (name, x) in zip(axes[0], panels.items()):
+    for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         x = x.detach().float().cpu()
         if len(shape) == 3:
             ax.imshow(_image_grid(x, shape), cmap="gray", vmin=0, vmax=1)
@@ -149,7 +149,7 @@ def plot_quality_vs_nfe(path: Path, rows: list[dict], metric: str = "sliced_wass
             by_solver.setdefault(str(r.get("solver", r.get("sampler"))), []).append((r["nfe"], r[metric]))
     for name, points in sorted(by_solver.items()):
         points.sort()
-        ax.plot(*zip(*points), marker="o", label=name)
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
     floors = [r[f"floor_{metric}"] for r in rows if r.get(f"floor_{metric}") is not None]
     if floors:
         ax.axhline(float(np.mean(floors)), ls="--", color="gray", label="two-sample floor")

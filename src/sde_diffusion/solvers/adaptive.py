@@ -43,8 +43,8 @@ class Tableau:
 
 
 def _embedded(c, a, b, b_hat, order, error_order) -> Tableau:
-    b_full = tuple(b) + (0.0,)
-    return Tableau(tuple(c), tuple(map(tuple, a)), tuple(b), tuple(x - y for x, y in zip(b_full, b_hat)), order, error_order)
+    b_full = (*tuple(b), 0.0)
+    return Tableau(tuple(c), tuple(map(tuple, a)), tuple(b), tuple(x - y for x, y in zip(b_full, b_hat, strict=True)), order, error_order)
 
 
 # Bogacki & Shampine (1989): third order, embedded second order (scipy's RK23).
@@ -220,11 +220,11 @@ class EmbeddedRungeKutta(Solver):
         tab, h = self.tableau, s_next - s
         hx = append_dims(h.to(y.dtype), y.ndim)
         ks = [state.derivative]
-        for c_i, a_i in zip(tab.c[1:], tab.a):
-            ks.append(term.drift(y + hx * sum(a * k for a, k in zip(a_i, ks) if a), (s + c_i * h).to(y.dtype)))
-        y_next = y + hx * sum(b * k for b, k in zip(tab.b, ks) if b)
+        for c_i, a_i in zip(tab.c[1:], tab.a, strict=True):
+            ks.append(term.drift(y + hx * sum(a * k for a, k in zip(a_i, ks, strict=True) if a), (s + c_i * h).to(y.dtype)))
+        y_next = y + hx * sum(b * k for b, k in zip(tab.b, ks, strict=True) if b)
         ks.append(term.drift(y_next, s_next.to(y.dtype)))
-        return y_next, hx * sum(e * k for e, k in zip(tab.e, ks) if e), RungeKuttaState(derivative=ks[-1])
+        return y_next, hx * sum(e * k for e, k in zip(tab.e, ks, strict=True) if e), RungeKuttaState(derivative=ks[-1])
 
 
 class Bosh3(EmbeddedRungeKutta):
@@ -281,7 +281,7 @@ class BrownianMemory:
         """The Brownian increments over the next h (per sample)."""
         rows = torch.arange(len(self.depth), device=self.depth.device)
         need, depth = h.clone(), self.depth.clone()
-        total = torch.zeros((len(rows),) + self.dW.shape[2:], dtype=self.dW.dtype, device=self.dW.device)
+        total = torch.zeros((len(rows), *self.dW.shape[2:]), dtype=self.dW.dtype, device=self.dW.device)
         while (using := (depth > 0) & (need > 0)).any():
             pos = (depth - 1).clamp(min=0)
             seg_dt = torch.where(using, self.dt[rows, pos], torch.zeros_like(need))
@@ -309,7 +309,7 @@ class BrownianMemory:
         extra = columns - self.dt.shape[1]
         if extra > 0:
             self.dt = torch.cat([self.dt, self.dt.new_zeros((len(self.dt), extra))], 1)
-            self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), extra) + self.dW.shape[2:])], 1)
+            self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), extra, *self.dW.shape[2:]))], 1)
 
     def select(self, idx: torch.Tensor) -> BrownianMemory:
         return BrownianMemory(self.dt[idx], self.dW[idx], self.depth[idx])

@@ -165,6 +165,6 @@ class LMS(EDMSolver):
         del derivatives[self.order :]
         nodes = sigmas[i + 1 - len(derivatives) : i + 1].flip(0).tolist()  # sigma_i, sigma_{i-1}, ...
         weights = adams_bashforth_coefficients(nodes, float(sigmas[i + 1]))
-        x_tilde = x_tilde + sum(c * d_j for c, d_j in zip(weights, derivatives))
+        x_tilde = x_tilde + sum(c * d_j for c, d_j in zip(weights, derivatives, strict=True))
         state.index += 1
         return alphas[i + 1] * x_tilde, None, state

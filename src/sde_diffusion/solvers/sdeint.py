@@ -22,7 +22,7 @@ import torch
 from .base import GridState, Solver
 
 STRATONOVICH_ONLY = ("reversible_heun", "heun", "midpoint", "euler_heun")
-METHODS = ("euler", "milstein", "srk") + STRATONOVICH_ONLY
+METHODS = ("euler", "milstein", "srk", *STRATONOVICH_ONLY)
 
 
 class _TimeChanged(torch.nn.Module):

@@ -372,7 +372,7 @@ class Trainer:
         if state["world_size"] != self.ctx.world_size:
             warnings.warn(
                 f"{path} was written by {state['world_size']} process(es), resumed with {self.ctx.world_size}: "
-                "the data shards and random streams change, so the run continues but not bit for bit"
+                "the data shards and random streams change, so the run continues but not bit for bit", stacklevel=2
             )
         if self.ctx.rank < len(rng):
             self._set_rng_state(rng[self.ctx.rank])
