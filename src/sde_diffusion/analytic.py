@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -95,7 +96,7 @@ class GaussianMixture:
     ) -> GaussianMixture:
         """Anisotropic components with random orientation; each covariance has condition number `condition`,
         largest std `scale`, and means spread with std `spread` (all reproducible from `generator`)."""
-        g = dict(generator=generator, dtype=torch.float64)
+        g: dict[str, Any] = dict(generator=generator, dtype=torch.float64)
         weights = 0.5 + torch.rand(n_components, **g)
         means = spread * torch.randn(n_components, dim, **g)
         rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, **g))
@@ -137,8 +138,8 @@ class GaussianMixture:
     # -- marginals under a linear SDE -------------------------------------------------------------------------
     def marginal(self, sde: LinearSDE, t: float) -> GaussianMixture:
         """The law of x_t: weights kept, means alpha mu_k, covariances alpha^2 C_k + sigma^2 I."""
-        t = torch.tensor(float(t), dtype=self.means.dtype, device=self.means.device)
-        alpha, sigma = sde.alpha(t), sde.sigma(t)
+        time = torch.tensor(float(t), dtype=self.means.dtype, device=self.means.device)
+        alpha, sigma = sde.alpha(time), sde.sigma(time)
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
         return GaussianMixture(
             self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye,

@@ -16,11 +16,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .tensors import Time, append_dims, as_time, sum_except_batch
+
+if TYPE_CHECKING:
+    from .solvers.grids import TimeGrid
 
 CoefficientFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,8 +64,8 @@ class SDE(ABC):
     default_t_min: float = 1e-3
     """Where samplers stop by default: the smallest time at which the score is trusted."""
 
-    default_grid: str = "uniform"
-    """The time grid samplers use when neither the call nor the solver names one."""
+    default_grid: str | TimeGrid = "uniform"
+    """The time grid (a name or a `TimeGrid`) samplers use when neither the call nor the solver names one."""
 
 
 class LinearSDE(SDE):
@@ -449,8 +453,7 @@ class TabulatedLinearSDE(LinearSDE):
                 f"g(t)^2 must be positive on (0, T]; got g^2({t_bad:g}) = {g2_nodes[1:][bad[0, 0]].item():g}. "
                 "A non-positive diffusion makes the log-SNR stop decreasing."
             )
-        gl_x, gl_w = np.polynomial.legendre.leggauss(8)
-        gl_x, gl_w = torch.tensor(gl_x), torch.tensor(gl_w)
+        gl_x, gl_w = map(torch.tensor, np.polynomial.legendre.leggauss(8))
         h = self.T / intervals
         quad_t = (nodes[:-1, None] + 0.5 * h * (gl_x + 1)).reshape(-1)
         weights = (0.5 * h * gl_w).repeat(intervals)

@@ -129,7 +129,7 @@ class UNet(nn.Module):
 
     @staticmethod
     def _block(in_ch, out_ch, cond_dim, groups, dropout, attention, heads) -> nn.ModuleList:
-        block = [ResBlock(in_ch, out_ch, cond_dim, groups, dropout)]
+        block: list[nn.Module] = [ResBlock(in_ch, out_ch, cond_dim, groups, dropout)]
         if attention:
             block.append(Attention(out_ch, heads, groups))
         return nn.ModuleList(block)
