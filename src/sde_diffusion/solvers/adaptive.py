@@ -194,15 +194,15 @@ class EmbeddedRungeKutta(Solver):
         self.max_nfe, self.max_steps, self.predictive, self.stretch = max_nfe, max_steps, bool(predictive), float(stretch)
 
     @property
-    def order(self) -> int:
+    def order(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.tableau.order
 
     @property
-    def error_order(self) -> int:
+    def error_order(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.tableau.error_order
 
     @property
-    def evaluations_per_step(self) -> int:
+    def evaluations_per_step(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return len(self.tableau.c)  # stages 2..s-1 and the FSAL stage
 
     def problem(self, sde, score):
@@ -219,6 +219,7 @@ class EmbeddedRungeKutta(Solver):
     def step(self, term, y, s, s_next, state: RungeKuttaState, generator):
         tab, h = self.tableau, s_next - s
         hx = append_dims(h.to(y.dtype), y.ndim)
+        assert state.derivative is not None  # init computes it; every step returns the next one
         ks = [state.derivative]
         for c_i, a_i in zip(tab.c[1:], tab.a, strict=True):
             ks.append(term.drift(y + hx * sum(a * k for a, k in zip(a_i, ks, strict=True) if a), (s + c_i * h).to(y.dtype)))

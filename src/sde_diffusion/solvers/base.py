@@ -109,14 +109,15 @@ class GridState:
 class Solver:
     """Base class. Subclasses set `name`, their flags, and implement `step` (and `init` when they keep a state).
 
-    Flags (class attributes, or read-only properties where an option decides them):
+    Flags (class attributes, or read-only properties where an option decides them; mypy cannot express a read-only
+    class attribute, so those properties carry `# type: ignore[override]`):
     `order` (of convergence), `stochastic` (draws noise), `adaptive` (returns an error estimate and chooses its own
     steps with `controller()`: only the grid's end points are used), `needs` (the problem type: `Term` or
     `DiffusionProblem`). `default_grid` and `default_steps` are what `sample` uses when the call names none.
     """
 
     name: ClassVar[str] = ""
-    order: ClassVar[float] = 1.0
+    order: float = 1.0  # a class attribute, or set per instance where an option decides it
     stochastic: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
     needs: ClassVar[type] = Term

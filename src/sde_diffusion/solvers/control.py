@@ -209,8 +209,7 @@ class AdaptiveController(StepSizeController):
         self.factor_min, self.factor_max, self.exponent = float(factor_min), float(factor_max), exponent
         self.predictive, self.hold_after_reject = bool(predictive), bool(hold_after_reject)
         self.h_init, self.first_step, self.stretch = h_init, first_step, float(stretch)
-        self.max_nfe, self.max_steps = max_nfe, max_steps
-        self.t_start = self.t_end = None
+        self.max_nfe, self.max_steps = max_nfe, max_steps  # t_start and t_end: set by between()
 
     def between(self, t_start: torch.Tensor, t_end: torch.Tensor) -> AdaptiveController:
         """A copy of this controller set to run from t_start to t_end."""

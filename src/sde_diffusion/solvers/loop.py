@@ -81,7 +81,7 @@ def integrate(
             if bool(accepted):
                 y, state = y_next, state_next
                 visited.append(s_next)
-                if keep_trajectory:
+                if trajectory is not None:
                     trajectory.append(chart.sample(y, s_next))
             else:
                 state = state_part
@@ -102,7 +102,7 @@ def integrate(
     else:
         out_times = chart.time(torch.stack([v.to(times.dtype) for v in visited]))
         out_times[0], out_times[-1] = t_start, t_end
-    if keep_trajectory:  # its last entry is exactly the result
+    if trajectory is not None:  # its last entry is exactly the result
         trajectory[len(trajectory) - 1 if len(trajectory) > 1 else 1:] = [x]
     return SampleResult(x, nfe, out_times, trajectory, stats)
 
