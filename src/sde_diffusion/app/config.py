@@ -14,9 +14,9 @@ import difflib
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -132,6 +132,8 @@ def _locate(path: str) -> Callable:
 
 def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tuple[str, ...]]:
     """For registry factories `get(name, **options)`: the callable `name` selects, and keys the app adds."""
+    table: Mapping[str, Callable[..., Any]]
+    extra: tuple[str, ...]
     if target == "sde_diffusion.solvers.get":
         from ..solvers import SOLVERS
 
@@ -142,7 +144,7 @@ def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tup
         table, extra = DATASETS, ()
     else:
         return None, ()
-    name = node.get("name")
+    name: Any = node.get("name")  # any value of the config; checked against the table
     if name not in table:
         hint = difflib.get_close_matches(str(name), table, n=1)
         raise ConfigError(
@@ -176,6 +178,7 @@ def validate_node(node: dict, key: str) -> None:
     """Check one `_target_` node's keys and simple types against the signature of what it builds."""
     target = node["_target_"]
     fn, extra = _dispatched(target, node, key)
+    params: dict[str, inspect.Parameter | None]  # None: a key the registry factory takes itself
     if fn is None:
         obj = _locate(target)
         fn = obj.__init__ if inspect.isclass(obj) else obj
@@ -223,7 +226,7 @@ def _walk(node, key: str):
 def to_container(cfg: DictConfig, key: str = "") -> dict:
     """The resolved config as plain containers; a `???` value fails naming its key."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return cast(dict, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))  # a DictConfig gives a dict
     except MissingMandatoryValue as e:
         full = getattr(e, "full_key", None) or key
         raise ConfigError(f"{full} must be set (it is ??? in the config); pass {full}=...") from None

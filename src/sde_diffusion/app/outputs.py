@@ -62,7 +62,8 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    # numpy's stubs let **kwds fill the allow_pickle flag (a bool); here every key names an array.
+    return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
 def _pyplot():
@@ -83,12 +84,12 @@ def _save(fig, path: Path) -> Path:
 
 def _image_grid(x: torch.Tensor, shape: Sequence[int], count: int = 64) -> np.ndarray:
     """Up to `count` images (C, H, W) in [-1, 1] tiled into one (rows*H, cols*W[, C]) array in [0, 1]."""
-    x = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
-    cols = math.ceil(math.sqrt(len(x)))
-    rows = math.ceil(len(x) / cols)
+    images = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
     c, h, w = shape
     grid = np.ones((rows * (h + 1), cols * (w + 1), c))
-    for i, img in enumerate(x):
+    for i, img in enumerate(images):
         r, k = divmod(i, cols)
         grid[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = img.transpose(1, 2, 0)
     return grid[..., 0] if c == 1 else grid
