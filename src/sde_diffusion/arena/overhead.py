@@ -36,6 +36,8 @@ from .contestants import Contestant, Ours
 class MLPNoise(nn.Module):
     """eps_theta(x, t): an MLP on [x, Fourier features of t] with SiLU activations, the usual toy-data network."""
 
+    freqs: torch.Tensor  # a buffer
+
     def __init__(self, dim: int, width: int = 256, depth: int = 3, frequencies: int = 16):
         super().__init__()
         self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(1000.0), frequencies)))
@@ -109,12 +111,12 @@ def measure_overhead(
                 ))
             if direct_check:  # the same solve with the MLP, against as many bare MLP calls, timed in alternation
                 check = next((r for r in rows if r["label"] == direct_check and r["batch"] == batch and not r["error"]), None)
-                c = next((c for c in ours if c.label == direct_check), None)
-                if check and c:
+                chosen = next((c for c in ours if c.label == direct_check), None)
+                if check and chosen:
                     model = ScoreModel(network, sde, prediction="eps")
                     real, bare = math.inf, math.inf
                     for _ in range(max(repeats, 5)):
-                        real = min(real, _best_time(lambda: sample(sde, model, c.name, x_T=x_T, steps=steps, **c.options), 1))  # noqa: B023  (called within this iteration)
+                        real = min(real, _best_time(lambda: sample(sde, model, chosen.name, x_T=x_T, steps=steps, **chosen.options), 1))  # noqa: B023  (called within this iteration)
                         bare = min(bare, _best_time(lambda: calls(check["nfe"]), 1))  # noqa: B023  (called within this iteration)
                     check["direct_ratio"] = (real - bare) / bare
     return rows

@@ -13,7 +13,7 @@ import math
 import platform
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -42,7 +42,7 @@ def _nan_mean(values: list[float]) -> tuple[float, float]:
 
 
 def _as_dicts(records) -> list[dict]:
-    return [asdict(r) if is_dataclass(r) else r for r in records]
+    return [asdict(r) if is_dataclass(r) and not isinstance(r, type) else r for r in records]
 
 
 def summarize(records: Iterable) -> list[dict]:
@@ -122,9 +122,9 @@ def _at_floor(r: dict) -> bool:
     return r["sw2"] <= r["sw2_floor"] + 2 * math.hypot(sw2_noise(r), r["sw2_floor_se"])
 
 
-def frontier_targets() -> list[tuple[str, str, object]]:
+def frontier_targets() -> list[tuple[str, str, Callable[..., bool]]]:
     """(metric, description, test) for each target of the frontier."""
-    targets = [("traj_err", f"traj err <= {t:g}", lambda r, t=t: r["traj_err"] <= t) for t in TRAJECTORY_TARGETS]
+    targets: list[tuple[str, str, Callable[..., bool]]] = [("traj_err", f"traj err <= {t:g}", lambda r, t=t: r["traj_err"] <= t) for t in TRAJECTORY_TARGETS]
     targets += [("sw2", f"SW2 <= {f:g} x floor", lambda r, f=f: r["sw2"] <= f * r["sw2_floor"]) for f in FLOOR_TARGETS]
     targets.append(("sw2", "SW2 at the floor (within 2 se)", _at_floor))
     return targets
@@ -182,8 +182,8 @@ def pivot(rows: list[dict], metric: str, budgets: tuple[int, ...], deterministic
             continue
         line = [label]
         for b in budgets:
-            r = cells.get(b)
-            line.append("" if r is None else _fmt(r[metric]) + ("" if r["nfe"] == b else f" [{r['nfe']:.0f}]"))
+            best = cells.get(b)
+            line.append("" if best is None else _fmt(best[metric]) + ("" if best["nfe"] == b else f" [{best['nfe']:.0f}]"))
         table.append(line)
     return ["solver"] + [str(b) for b in budgets], table
 
