@@ -1,11 +1,12 @@
 # `make test`: create .venv, install the package with its dev extra (CPU torch pinned), run the tests.
 # `make run`:  the same install, then the default experiment.
+# `make lint`: ruff (lint rules in pyproject.toml) and mypy (the type check of src/sde_diffusion).
 PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
 PY      = $(VENV)/bin/python
 
-.PHONY: install test test-fast run docs
+.PHONY: install test test-fast lint run docs
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ test: install
 
 test-fast: install
 	$(PYTEST) -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 
 run: install
 	OMP_NUM_THREADS=1 $(PY) -m sde_diffusion

@@ -16,9 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import torch  # noqa: E402
+import torch
 
-import sde_diffusion as sd  # noqa: E402
+import sde_diffusion as sd
 
 SDES = {
     "vp": lambda: sd.VPSDE(),

@@ -39,10 +39,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.metrics import random_projections, sliced_wasserstein  # noqa: E402
-from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
-from sde_diffusion.metrics import relative_error  # noqa: E402
+import sde_diffusion as sd
+from sde_diffusion.arena.problems import get_problem, get_sde
+from sde_diffusion.metrics import (
+    random_projections,
+    relative_error,
+    sliced_wasserstein,
+)
 
 FINE_LADDER = (1e-3, 5e-4, 3e-4, 2e-4, 1e-4, 7e-5, 5e-5, 4e-5, 3e-5, 2.5e-5, 2e-5, 1.5e-5, 1e-5, 7e-6, 5e-6, 3e-6, 2e-6, 1e-6)
 ODE_RUNS = (  # (label, solver, options, tolerances)
@@ -182,14 +185,14 @@ def plot(ode_rows, sde_rows, path: str) -> None:
 
     rows, cols = (2 if sde_rows else 1), max(len(ode_rows), len(sde_rows))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
-    for ax, row in zip(axes[0], ode_rows):
+    for ax, row in zip(axes[0], ode_rows, strict=False):  # the grid may be wider than the ODE rows
         for label in dict.fromkeys(run["label"] for run in row["runs"]):
             runs = [run for run in row["runs"] if run["label"] == label]
             ax.loglog([run["nfe"] for run in runs], [run["error"] for run in runs], "o-", label=label, ms=3)
         ax.loglog([row["scipy_nfe"]], [row["scipy_error"]], "k*", ms=10, label="scipy RK45 1e-5")
         ax.set(title=f"ODE {row['target']} {row['sde']}", xlabel="NFE", ylabel="relative error")
         ax.legend(fontsize=7)
-    for ax, row in zip(axes[-1], sde_rows):
+    for ax, row in zip(axes[-1], sde_rows, strict=False):  # the grid may be wider than the SDE rows
         for run in row["runs"]:
             marker = "s" if run["label"].startswith("euler") else "o"
             ax.errorbar(run["nfe"], run["sw2"][0], yerr=run["sw2"][1], fmt=marker, ms=4, label=run["label"])

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import torch  # noqa: E402
+import torch
 
-from sde_diffusion import arena  # noqa: E402
+from sde_diffusion import arena
 
 
 def parse(argv=None) -> argparse.Namespace:

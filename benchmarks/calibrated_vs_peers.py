@@ -22,9 +22,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.arena.contestants import CALIBRATED, DIFFUSERS_PEERS, Calibrated, Diffusers  # noqa: E402
-from sde_diffusion.arena.problems import get_problem, get_sde  # noqa: E402
+import sde_diffusion as sd
+from sde_diffusion.arena.contestants import CALIBRATED, DIFFUSERS_PEERS, Calibrated, Diffusers
+from sde_diffusion.arena.problems import get_problem, get_sde
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
                   + " | ".join(f"{row[c.label][0] / row[best][0]:.2f}" for c in ours) + " |", flush=True)
 
     def pooled(label, budget):
-        errors, norms = zip(*squared[label, budget])
+        errors, norms = zip(*squared[label, budget], strict=True)
         return (sum(errors) / sum(norms)) ** 0.5
 
     print(f"\nPooled over {args.sets} x {args.samples} draws (relative RMS over all of them):")

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+import torch
+from hydra import compose, initialize_config_dir
 
-import sde_diffusion  # noqa: E402
-from sde_diffusion.app import jobs  # noqa: E402
-from sde_diffusion.app.config import register  # noqa: E402
+import sde_diffusion
+from sde_diffusion.app import jobs
+from sde_diffusion.app.config import register
 
 CONF = Path(sde_diffusion.__file__).resolve().parent / "conf"
 VARIANTS = {  # name: overrides on top of the default job
@@ -34,9 +34,10 @@ VARIANTS = {  # name: overrides on top of the default job
     "cosine": ["train.lr_schedule=cosine"],
     "batch1024": ["train.batch_size=1024"],
     "batch1024+cosine": ["train.batch_size=1024", "train.lr_schedule=cosine"],
-    "batch1024+cosine+lr2e-3": ["train.batch_size=1024", "train.lr_schedule=cosine", "train.lr=2e-3"],
-    "batch1024+cosine+width256": ["train.batch_size=1024", "train.lr_schedule=cosine", "model.width=256"],
-    "batch1024+cosine+ema0.9995": ["train.batch_size=1024", "train.lr_schedule=cosine", "train.ema_decay=0.9995"],
+    "batch4096": ["train.batch_size=4096"],
+    "batch1024+lr2e-3": ["train.batch_size=1024", "train.lr=2e-3"],
+    "batch1024+ema0.9995": ["train.batch_size=1024", "train.ema_decay=0.9995"],
+    "batch4096+ema0.9995": ["train.batch_size=4096", "train.ema_decay=0.9995"],
 }
 
 

@@ -20,9 +20,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-import sde_diffusion as sd  # noqa: E402
+import sde_diffusion as sd
 from sde_diffusion.arena.problems import get_problem, get_sde
-from sde_diffusion.metrics import relative_error  # noqa: E402
+from sde_diffusion.metrics import relative_error
 
 SOLVERS = [  # (label, name, options, evaluations per step)
     ("ddim", "ddim", {}, 1),
@@ -102,7 +102,7 @@ def plot(results: dict, path: str) -> None:
 
     panels = sorted({(k[0], k[1]) for k in results if len(k) == 5})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (tname, sname) in zip(axes[0], panels):
+    for ax, (tname, sname) in zip(axes[0], panels, strict=True):
         for label, *_ in SOLVERS:
             pts = [results[(tname, sname, label, "log_snr", n)] for n in NFES]
             ax.loglog([p[1] for p in pts], [p[0] for p in pts], "o-", label=label)

@@ -29,11 +29,11 @@ import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.integrate import solve_ivp  # noqa: E402
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
 
-import sde_diffusion as sd  # noqa: E402
+import sde_diffusion as sd
 
 F64 = torch.float64
 BUDGETS = (5, 10, 20)

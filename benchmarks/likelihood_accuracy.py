@@ -143,7 +143,7 @@ def plot(rows_scipy, rows_torch, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(sdes(), ("C0", "C1", "C2", "C3")))
+    colors = dict(zip(sdes(), ("C0", "C1", "C2", "C3"), strict=True))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (data, name, method), group in _groups(rows_scipy, ("data", "sde", "method")).items():
         style = ("o" if data == "2-D" else "s") + ("-" if method == "RK45" else "--")

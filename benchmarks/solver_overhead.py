@@ -22,9 +22,9 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import torch  # noqa: E402
+import torch
 
-from sde_diffusion import arena  # noqa: E402
+from sde_diffusion import arena
 
 
 def compare(before: list[str], after: list[str]) -> None:

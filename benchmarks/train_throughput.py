@@ -95,7 +95,7 @@ def main():
         for progress in (False, True):
             rows.append(measure(name, make, dataset, batch, args.blocks, max(10, args.block_steps // (4 if "U-Net" in name else 1)), progress))
             r = rows[-1]
-            print(f"{r['model']:32s} batch {r['batch']:4d}  bar {str(r['progress_bar']):5s}  trainer {r['trainer_steps_per_s']:8.1f}  "
+            print(f"{r['model']:32s} batch {r['batch']:4d}  bar {r['progress_bar']!s:5s}  trainer {r['trainer_steps_per_s']:8.1f}  "
                   f"hand loop {r['hand_steps_per_s']:8.1f} steps/s   ratio {r['ratio']:.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))

@@ -84,7 +84,7 @@ def main():
         row = {"toy": name, "steps": trainer.step, "train_seconds": seconds, "final_loss": trainer.history[-1]["loss"],
                "floor": floor, "floor_sd": floors.std().item()}
         samples = {"data": references[0]}
-        distance = lambda x: sum(sw2(x, ref) for ref in references) / REPEATS  # noqa: E731
+        distance = lambda x: sum(sw2(x, ref) for ref in references) / REPEATS  # noqa: E731, B023  (called within this iteration)
         for key, sampler in SAMPLERS.items():
             model.reset_nfe()
             start = time.perf_counter()
@@ -122,8 +122,8 @@ def plot(panels, path: Path) -> None:
 
     titles = {"data": "data", "pc": "PC sampler", "pf_ode": "PF-ODE (RK45)"}
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
-    for row, (name, samples) in zip(axes, panels):
-        for ax, key in zip(row, ("data", "pc", "pf_ode")):
+    for row, (name, samples) in zip(axes, panels, strict=True):
+        for ax, key in zip(row, ("data", "pc", "pf_ode"), strict=True):
             x = samples[key].numpy()
             ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5, color="k" if key == "data" else "C0")
             ax.set_xlim(-3.3, 3.3), ax.set_ylim(-3.3, 3.3), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])

@@ -31,10 +31,10 @@ def _butcher(tab):
     """(A, c, b, b_hat) of all s stages, the FSAL stage included (its row of A is b, its node 1)."""
     s = len(tab.c) + 1
     A = torch.zeros(s, s, dtype=torch.float64)
-    for i, row in enumerate(tab.a + (tab.b,)):
+    for i, row in enumerate((*tab.a, tab.b)):
         A[i + 1, : len(row)] = torch.tensor(row, dtype=torch.float64)
-    b = torch.tensor(tab.b + (0.0,), dtype=torch.float64)
-    return A, torch.tensor(tab.c + (1.0,), dtype=torch.float64), b, b - torch.tensor(tab.e, dtype=torch.float64)
+    b = torch.tensor((*tab.b, 0.0), dtype=torch.float64)
+    return A, torch.tensor((*tab.c, 1.0), dtype=torch.float64), b, b - torch.tensor(tab.e, dtype=torch.float64)
 
 
 def _order_conditions(A, c):
@@ -128,7 +128,7 @@ def test_per_sample_steps_are_each_samples_own_solve(solver):
     assert result.nfe >= result.stats["evaluations_per_sample"]
 
 
-@pytest.mark.parametrize("solver", ODE_SOLVERS + ("adaptive_dpm_solver",))
+@pytest.mark.parametrize("solver", (*ODE_SOLVERS, "adaptive_dpm_solver"))
 def test_an_nfe_budget_is_never_exceeded(solver):
     """One meaning for every adaptive solver: the step is floored at (distance left) / (tries the budget pays for),
     and a floored step is accepted whatever its error. The solve ends within the budget, spending nearly all of it,

@@ -21,7 +21,7 @@ def test_log_prob_matches_scipy(mixture):
     x = mixture.sample(50, torch.Generator().manual_seed(1))
     dens = sum(
         w.item() * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
-        for w, m, c in zip(mixture.weights, mixture.means, mixture.covs)
+        for w, m, c in zip(mixture.weights, mixture.means, mixture.covs, strict=True)
     )
     np.testing.assert_allclose(mixture.log_prob(x).numpy(), np.log(np.asarray(dens)), rtol=1e-10)
 

@@ -70,8 +70,8 @@ def test_every_solver_builds(name):
 
 def test_the_network_is_initialised_from_the_seed():
     weights = [[p.detach().clone() for p in jobs.build(cfg_of("data.n=10", f"seed={s}")).network.parameters()] for s in (0, 0, 1)]
-    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2]))
+    assert all(torch.equal(a, b) for a, b in zip(weights[0], weights[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[2], strict=True))
 
 
 @pytest.mark.parametrize("name", [n for n in options("data") if n not in ("mnist", "cifar10", "image_folder")])
@@ -112,7 +112,7 @@ def main_run(tmp_path_factory):
 
 
 def test_main_job_writes_every_output(main_run):
-    out, metrics = main_run
+    out, _metrics = main_run
     for name in ("config.yaml", "samples.npz", "metrics.json", "samples.png", "loss.png", "quality_vs_nfe.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert [p.name for p in (out / "checkpoints").glob("step_*.pt")] == ["step_000000020.pt"]

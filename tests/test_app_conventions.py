@@ -135,17 +135,17 @@ def test_the_arena_runs_as_a_job(tmp_path):
 
 # -- the learning-rate schedule ---------------------------------------------------------------------------------------
 def test_a_cosine_schedule_decays_the_rate_to_zero_at_the_last_step():
-    from sde_diffusion.training import DSMLoss, Trainer
-    from sde_diffusion.networks import MLP
     from sde_diffusion.data import get
+    from sde_diffusion.networks import MLP
     from sde_diffusion.sde import VPSDE
+    from sde_diffusion.training import DSMLoss, Trainer
 
     trainer = Trainer(MLP(2, width=8, depth=1), DSMLoss(VPSDE()), get("two_moons", n=64), batch_size=8, lr=1e-3,
                       warmup_steps=10, lr_decay_steps=110, progress=False)
     assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(9) == pytest.approx(1e-3)
     assert trainer.lr_at(60) == pytest.approx(5e-4) and trainer.lr_at(110) == 0.0 and trainer.lr_at(500) == 0.0
     assert validate(cfg_of("train.lr_schedule=cosine"))["train"]["lr_schedule"] == "cosine"
-    with pytest.raises(ConfigError, match="train.lr_schedule must be constant or cosine; got 'linear'"):
+    with pytest.raises(ConfigError, match=r"train\.lr_schedule must be constant or cosine; got 'linear'"):
         jobs.train(jobs.build(cfg_of("data.n=10", "train.lr_schedule=linear")), Path("unused"))
     with pytest.raises(ValueError, match="lr_decay_steps must be an integer >= 0"):
         Trainer(MLP(2, width=8, depth=1), DSMLoss(VPSDE()), get("two_moons", n=64), lr_decay_steps=-1)

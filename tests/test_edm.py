@@ -9,6 +9,7 @@ LMS 1.92-1.95, 2.84-2.90, 3.73-3.82 for orders 2, 3, 4 on 64-256 steps).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -16,8 +17,8 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.edm import adams_bashforth_coefficients
-from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 
 SDES = {k: SDE_FACTORIES[k] for k in ("vp", "ve", "ou", "user")}
 DATA = {
@@ -72,7 +73,7 @@ def test_adams_bashforth_weights_are_exact():
     nodes, target = [80.0, 57.0, 40.0, 28.0], 19.0
     weights = adams_bashforth_coefficients(nodes, target)
     for p in range(4):
-        assert sum(w * s**p for w, s in zip(weights, nodes)) == pytest.approx((target ** (p + 1) - nodes[0] ** (p + 1)) / (p + 1), rel=1e-10)
+        assert sum(w * s**p for w, s in zip(weights, nodes, strict=True)) == pytest.approx((target ** (p + 1) - nodes[0] ** (p + 1)) / (p + 1), rel=1e-10)
 
 
 @pytest.mark.parametrize("solver, per_step", [("edm_heun", 2), ("lms", 1)])
@@ -91,7 +92,7 @@ def test_edm_heun_on_the_edm_sde_needs_no_change_of_variables():
     x_T = sde.prior_sample((16, 2), torch.Generator().manual_seed(2), dtype=torch.float64)
     times = sd.solvers.get_grid("edm")(sde, 8, sde.sigma_min)
     x = x_T
-    for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in itertools.pairwise(times):
         d = (x - model.x0(x, t)) / t
         x_euler = x + (t_next - t) * d
         x = x + (t_next - t) * 0.5 * (d + (x_euler - model.x0(x_euler, t_next)) / t_next)

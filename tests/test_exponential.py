@@ -9,6 +9,7 @@ asymptotic regime on these targets. A slope must lie within 0.3 of the theoretic
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import pytest
@@ -16,8 +17,8 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW, phi
-from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 from tests.conftest import SDE_FACTORIES
+from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 
 F64 = torch.float64
 SLOPE_TOL = 0.3
@@ -30,7 +31,7 @@ DATA = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(sde_name: str, data_name: str):
     """(sde, model, x_T, t_min, reference x at t_min, lambda span), built once per module."""
     sde, data = SDES[sde_name](), DATA[data_name]()
@@ -125,7 +126,7 @@ def test_dpm_solver_1_equals_ddim_step_by_step(sde_name):
     x_T = sde.prior_sample((32, 2), torch.Generator().manual_seed(2), dtype=F64)
     a = sd.sample(sde, model, "dpm_solver_1", x_T=x_T, steps=12, keep_trajectory=True)
     b = sd.sample(sde, model, "ddim", x_T=x_T, steps=12, keep_trajectory=True)
-    for xa, xb in zip(a.trajectory, b.trajectory):
+    for xa, xb in zip(a.trajectory, b.trajectory, strict=True):
         scale = xa.abs().max().item()
         assert (xa - xb).abs().max().item() <= 1e-13 * max(scale, 1.0)
 
@@ -141,7 +142,7 @@ def test_ddim_eta_one_is_ancestral_sampling_step_by_step(sde_name):
         )
         for name, opts in (("ddim", {"eta": 1.0}), ("ancestral", {}))
     ]
-    for xa, xb in zip(runs[0].trajectory, runs[1].trajectory):
+    for xa, xb in zip(runs[0].trajectory, runs[1].trajectory, strict=True):
         assert torch.allclose(xa, xb, rtol=1e-11, atol=1e-11)
 
 
@@ -156,7 +157,7 @@ def ancestral_law(sde, data, times):
     mean = torch.zeros(d, dtype=F64)
     cov = torch.eye(d, dtype=F64) * sde.prior_std() ** 2
     probes = torch.cat([torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)])
-    for t, s in zip(times[:-1], times[1:]):
+    for t, s in itertools.pairwise(times):
         m, var = sde.posterior(model.x0(probes, t), probes, t, s)
         offset, M = m[0], (m[1:] - m[0]).T  # posterior mean = M x + offset
         mean, cov = M @ mean + offset, M @ cov @ M.T + var.reshape(-1)[0] * torch.eye(d, dtype=F64)
@@ -193,7 +194,7 @@ def test_sde_dpm_solver_pp_2m_gaussian_moments(sde_name, solver_type):
 
 
 def test_sde_dpm_solver_pp_2m_with_eta_zero_is_dpm_solver_pp_2m():
-    sde, model, x_T, t_min, _, _ = problem("vp", "mixture")
+    sde, model, x_T, _t_min, _, _ = problem("vp", "mixture")
     a = sd.sample(sde, model, "sde_dpm_solver_pp_2m", eta=0.0, x_T=x_T, steps=20).x
     b = sd.sample(sde, model, "dpm_solver_pp_2m", x_T=x_T, steps=20).x
     assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
@@ -213,7 +214,7 @@ def test_solvers_read_any_network_parameterisation(prediction):
     """A network predicting eps, x0 or v (here: the exact score converted) gives the same samples as the score."""
     from sde_diffusion.score import target_from
 
-    sde, model, x_T, t_min, _, _ = problem("subvp", "mixture")
+    sde, model, x_T, _t_min, _, _ = problem("subvp", "mixture")
 
     def network(x, t):
         alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
@@ -228,7 +229,7 @@ def test_solvers_read_any_network_parameterisation(prediction):
 
 def test_unip_2_predictor_is_dpm_solver_pp_2m_and_unip_3_is_3m():
     """UniPC's general coefficients (R rho = b) reproduce the multistep DPM-Solver++ updates: a cross-check of both."""
-    sde, model, x_T, t_min, _, _ = problem("ve", "mixture")
+    sde, model, x_T, _t_min, _, _ = problem("ve", "mixture")
     for order, other in ((2, "dpm_solver_pp_2m"), (3, "dpm_solver_pp_3m")):
         a = sd.sample(sde, model, "unipc", order=order, corrector=False, x_T=x_T, steps=10).x
         b = sd.sample(sde, model, other, x_T=x_T, steps=10).x
@@ -280,7 +281,7 @@ def test_lower_order_final_makes_the_last_step_first_order_below_15_steps(name, 
 
 
 def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step():
-    sde, model, x_T, t_min, _, _ = problem("vp", "mixture")
+    sde, model, x_T, _t_min, _, _ = problem("vp", "mixture")
     runs = [sd.sample(sde, model, "unipc", order=3, x_T=x_T, steps=8, keep_trajectory=True, lower_order_final=f) for f in (True, False)]
     for k in range(1, 7):  # orders 1, 2, 3, 3, 3, 3 either way for steps 1-6 ...
         assert torch.equal(runs[0].trajectory[k], runs[1].trajectory[k])

@@ -195,11 +195,11 @@ def _gaussian_flow_integral(sde, cov, eps) -> torch.Tensor:
     does not depend on x: computed eigenvalue by eigenvalue with scipy's quad."""
     lam, U = torch.linalg.eigh(cov)
 
-    def integrand(t, l):
+    def integrand(t, eigenvalue):
         t = torch.tensor(t, dtype=torch.float64)
-        return float(sde.f(t) + 0.5 * sde.g2(t) / (sde.alpha(t) ** 2 * l + sde.sigma(t) ** 2))
+        return float(sde.f(t) + 0.5 * sde.g2(t) / (sde.alpha(t) ** 2 * eigenvalue + sde.sigma(t) ** 2))
 
-    m = [integrate.quad(integrand, eps, sde.T, args=(float(l),), epsabs=1e-12, epsrel=1e-12, limit=200)[0] for l in lam]
+    m = [integrate.quad(integrand, eps, sde.T, args=(float(ev),), epsabs=1e-12, epsrel=1e-12, limit=200)[0] for ev in lam]
     return U @ torch.diag(torch.tensor(m, dtype=torch.float64)) @ U.T
 
 

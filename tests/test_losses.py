@@ -76,7 +76,7 @@ def test_every_parameterisation_gives_the_same_score_matching_loss(weighting):
             DSMLoss(sde, p, weighting, t_min=1e-3).per_example(exact_network(mixture, sde, p, shift), x0, tt, eps)
             for p in PREDICTIONS
         ]
-        for p, v in zip(PREDICTIONS[1:], values[1:]):
+        for p, v in zip(PREDICTIONS[1:], values[1:], strict=True):
             assert torch.allclose(v, values[0], rtol=1e-8), (sde, p)
 
 
@@ -208,7 +208,7 @@ def test_gradient_vanishes_in_expectation_at_the_true_score(prediction, weightin
             eps = torch.randn(500, 2, generator=g, dtype=torch.float64)
 
             def network(x, tt):
-                return exact_network(mixture, sde, prediction, shift=b + x @ w)(x, tt)
+                return exact_network(mixture, sde, prediction, shift=b + x @ w)(x, tt)  # noqa: B023  (called within this iteration)
 
             value = loss.per_example(network, x0, t, eps).mean()
             grads.append(torch.cat([gr.reshape(-1) for gr in torch.autograd.grad(value, (b, w))]))

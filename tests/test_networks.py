@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.networks import NULL_LABEL, ClassConditional, FourierTimeEmbedding, MLP, SinusoidalTimeEmbedding, UNet
+from sde_diffusion.networks import (
+    MLP,
+    NULL_LABEL,
+    ClassConditional,
+    FourierTimeEmbedding,
+    SinusoidalTimeEmbedding,
+    UNet,
+)
 
 
 def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -1,6 +1,5 @@
 """Baseline solvers against exact ground truth: Gaussian moments for every solver and SDE, mixtures, ODE orders."""
 
-import math
 
 import pytest
 import torch

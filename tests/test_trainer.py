@@ -107,7 +107,7 @@ def test_a_corrupt_checkpoint_gets_a_clear_error_and_the_last_good_one_survives(
     good_bytes = good.read_bytes()
     latest = tmp_path / "step_000000008.pt"
     latest.write_bytes(latest.read_bytes()[: len(latest.read_bytes()) // 2])  # truncated, as by a crash mid-copy
-    with pytest.raises(CheckpointError, match="corrupt or truncated.*step_000000004.pt is untouched"):
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated.*step_000000004\.pt is untouched"):
         small_trainer(tmp_path, resume=True)
     assert good.read_bytes() == good_bytes
     latest.write_bytes(b"not a checkpoint at all")
@@ -135,13 +135,13 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_
 
 def test_mismatched_model_or_config_is_refused_with_the_reason(tmp_path):
     small_trainer(tmp_path, checkpoint_every=4).train(4)
-    with pytest.raises(CheckpointError, match="different architecture.*shape mismatch"):
+    with pytest.raises(CheckpointError, match=r"different architecture.*shape mismatch"):
         small_trainer(tmp_path, width=32, resume=True)
-    with pytest.raises(CheckpointError, match="trainer.lr"):
+    with pytest.raises(CheckpointError, match=r"trainer\.lr"):
         small_trainer(tmp_path, lr=5e-4, resume=True)
-    with pytest.raises(CheckpointError, match="different architecture.*missing blocks.2"):
+    with pytest.raises(CheckpointError, match=r"different architecture.*missing blocks\.2"):
         small_trainer(tmp_path, depth=3, resume=True)
-    with pytest.raises(CheckpointError, match="data.name: checkpoint 'gauss3'"):
+    with pytest.raises(CheckpointError, match=r"data\.name: checkpoint 'gauss3'"):
         small_trainer(tmp_path, conditional=False, resume=True)
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
         small_trainer(tmp_path)

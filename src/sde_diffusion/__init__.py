@@ -7,14 +7,26 @@ model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
-from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
+from . import (
+    adapters,
+    analytic,
+    calibration,
+    data,
+    discrete,
+    likelihood,
+    metrics,
+    networks,
+    schedules,
+    solvers,
+    training,
+)
 from .analytic import GaussianMixture
 from .calibration import Calibration, calibrate_grid
 from .reverse import ReverseSDE
 from .sampling import sample
-from .score import PREDICTIONS, ScoreModel
-from .sde import SDE, CosineVPSDE, EDMSDE, LinearSDE, OUSDE, SubVPSDE, TabulatedLinearSDE, VESDE, VPSDE
 from .schedules import DiscreteScheduleSDE, MarginalLinearSDE, RectifiedFlowSDE
+from .score import PREDICTIONS, ScoreModel
+from .sde import EDMSDE, OUSDE, SDE, VESDE, VPSDE, CosineVPSDE, LinearSDE, SubVPSDE, TabulatedLinearSDE
 from .solvers import NonFiniteError, SampleResult
 
 __version__ = "0.1.0"

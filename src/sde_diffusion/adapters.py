@@ -19,15 +19,16 @@ diffusers is an optional dependency that only `from_diffusers` needs.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from .schedules import DiscreteScheduleSDE, RectifiedFlowSDE
-from .score import ScoreModel
+from .score import Prediction, ScoreModel
 from .sde import EDMSDE, LinearSDE
 
-DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+DIFFUSERS_PREDICTIONS: dict[str, Prediction] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
 """diffusers' `prediction_type` names and ours."""
 
 
@@ -62,16 +63,14 @@ def _config(scheduler) -> dict:
     return dict(config)
 
 
-def diffusers_sde(scheduler) -> tuple[LinearSDE, str, Callable[[torch.Tensor], torch.Tensor]]:
+def diffusers_sde(scheduler) -> tuple[LinearSDE, Prediction, Callable[[torch.Tensor], torch.Tensor]]:
     """(sde, prediction, t -> the network's timestep) of a diffusers scheduler's training schedule."""
     config = _config(scheduler)
     flow = type(scheduler).__name__.startswith("FlowMatch") or bool(config.get("use_flow_sigmas", False))
     n = int(config.get("num_train_timesteps", 1000))
     if flow:
         shift = config.get("shift") or config.get("flow_shift") or 1.0  # FlowMatch* / DPM-Solver and UniPC's flow sigmas
-        sde = RectifiedFlowSDE(shift=float(shift))
-        prediction = "flow"
-        return sde, prediction, lambda t: t * n
+        return RectifiedFlowSDE(shift=float(shift)), "flow", lambda t: t * n
     if not hasattr(scheduler, "alphas_cumprod"):
         raise ValueError(f"{type(scheduler).__name__} has neither alphas_cumprod nor a flow-matching schedule: not supported")
     kind = config.get("prediction_type", "epsilon")

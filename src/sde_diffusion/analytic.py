@@ -13,7 +13,8 @@ is stable in float32 and float64 alike.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -68,14 +69,14 @@ class GaussianMixture:
 
     # -- constructors -------------------------------------------------------------------------------------------
     @classmethod
-    def gaussian(cls, mean, cov, **kwargs) -> "GaussianMixture":
+    def gaussian(cls, mean, cov, **kwargs) -> GaussianMixture:
         """A single Gaussian N(mean, cov)."""
         mean = torch.as_tensor(mean, dtype=kwargs.get("dtype", torch.float64))
         cov = torch.as_tensor(cov, dtype=mean.dtype)
         return cls(torch.ones(1), mean[None], cov[None], **kwargs)
 
     @classmethod
-    def ring(cls, n_components: int = 8, radius: float = 2.0, std: float = 0.05, **kwargs) -> "GaussianMixture":
+    def ring(cls, n_components: int = 8, radius: float = 2.0, std: float = 0.05, **kwargs) -> GaussianMixture:
         """`n_components` equal isotropic Gaussians of std `std` evenly spaced on a circle of `radius`."""
         angles = torch.arange(n_components, dtype=torch.float64) * 2 * math.pi / n_components
         means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
@@ -92,10 +93,10 @@ class GaussianMixture:
         spread: float = 3.0,
         generator: torch.Generator | None = None,
         **kwargs,
-    ) -> "GaussianMixture":
+    ) -> GaussianMixture:
         """Anisotropic components with random orientation; each covariance has condition number `condition`,
         largest std `scale`, and means spread with std `spread` (all reproducible from `generator`)."""
-        g = dict(generator=generator, dtype=torch.float64)
+        g: dict[str, Any] = dict(generator=generator, dtype=torch.float64)
         weights = 0.5 + torch.rand(n_components, **g)
         means = spread * torch.randn(n_components, dim, **g)
         rotations, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, **g))
@@ -109,7 +110,7 @@ class GaussianMixture:
     def n_components(self) -> int:
         return len(self.weights)
 
-    def to(self, device=None, dtype=None) -> "GaussianMixture":
+    def to(self, device=None, dtype=None) -> GaussianMixture:
         kw = dict(device=device, dtype=dtype or self.means.dtype)
         return GaussianMixture(self.weights.to(**kw), self.means.to(**kw), self.covs.to(**kw), event_shape=self.event_shape, **kw)
 
@@ -135,10 +136,10 @@ class GaussianMixture:
         return self._log_prob_and_score(x, 1.0, 0.0, with_score=False)[0]
 
     # -- marginals under a linear SDE -------------------------------------------------------------------------
-    def marginal(self, sde: LinearSDE, t: float) -> "GaussianMixture":
+    def marginal(self, sde: LinearSDE, t: float) -> GaussianMixture:
         """The law of x_t: weights kept, means alpha mu_k, covariances alpha^2 C_k + sigma^2 I."""
-        t = torch.tensor(float(t), dtype=self.means.dtype, device=self.means.device)
-        alpha, sigma = sde.alpha(t), sde.sigma(t)
+        time = torch.tensor(float(t), dtype=self.means.dtype, device=self.means.device)
+        alpha, sigma = sde.alpha(time), sde.sigma(time)
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
         return GaussianMixture(
             self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye,

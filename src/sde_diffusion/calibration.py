@@ -38,8 +38,8 @@ are reported in `Calibration.nfe`, apart from the NFE of sampling with the grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import scipy.optimize
@@ -194,6 +194,7 @@ def calibrate_grid(
     if reference is not None and x_T is None:
         raise ValueError("a reference needs the x_T it was computed from")
     if x_T is None:
+        assert shape is not None  # exactly one of the two, checked above
         x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
     t_min = sde.default_t_min if t_min is None else float(t_min)
     t_max = sde.T if t_max is None else float(t_max)

@@ -37,12 +37,12 @@ class DiscreteSchedule:
         self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
 
     @classmethod
-    def linear(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
+    def linear(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
         """Ho et al. (2020): betas linear from 1e-4 to 0.02 over 1000 steps."""
         return cls(torch.linspace(beta_start, beta_end, n, dtype=torch.float64))
 
     @classmethod
-    def from_sde(cls, sde: LinearSDE, n: int = 1000) -> "DiscreteSchedule":
+    def from_sde(cls, sde: LinearSDE, n: int = 1000) -> DiscreteSchedule:
         """The chain at t_i = (i + 1) T / n with alpha_bar_i = sigmoid(2 log_snr(t_i)): for a VP SDE, alpha(t_i)^2;
         for any other linear SDE, the VP process with the same log-SNR (x / sqrt(alpha^2 + sigma^2))."""
         times = torch.arange(1, n + 1, dtype=torch.float64) * sde.T / n

@@ -55,8 +55,9 @@ predictions), not an augmented state, and are refused with that reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -212,6 +213,7 @@ class LikelihoodODE:
                 div = exact_divergence(F, x)
                 self.backward_passes += x[0].numel()
             else:
+                assert self.probes is not None  # the constructor refuses "hutchinson" without probes
                 div = hutchinson_divergence(F, x, self.probes)
                 self.backward_passes += len(self.probes)
         return torch.cat([F.detach().reshape(len(z), -1), div.detach()[:, None]], dim=1)
@@ -238,7 +240,7 @@ def _resolve_method(method: str | Solver, rtol: float | None, atol: float | None
     """The ODE solver named by `method` (a scipy method name, a solver name, or a Solver), checked for use here."""
     if isinstance(method, str) and method in SCIPY_METHODS:
         rtol, atol = 1e-5 if rtol is None else rtol, 1e-5 if atol is None else atol
-        solver = ScipyODE(method, rtol, atol)
+        solver: Solver = ScipyODE(method, rtol, atol)
     elif isinstance(method, Solver):
         if rtol is not None or atol is not None:
             raise ValueError(f"rtol/atol go to the solver's constructor, not with an already-built solver {method!r}")
@@ -466,9 +468,9 @@ def bits_per_dim(
         draws.append(quant.bits_per_dim(result.log_prob, dim))
         nfe += result.nfe
         stats = result.stats
-    draws = torch.stack(draws)
+    per_draw = torch.stack(draws)
     stats = {**stats, "levels": levels, "data_range": (low, high), "bin_width": quant.bin_width, "n_dequant": n_dequant}
-    return BitsPerDimResult(draws.mean(0), draws, nfe, stats)
+    return BitsPerDimResult(per_draw.mean(0), per_draw, nfe, stats)
 
 
 def evaluate_bits_per_dim(
@@ -505,7 +507,7 @@ def evaluate_bits_per_dim(
     if progress:
         from .progress import progress_bar
 
-        bar = progress_bar(len(batches) if hasattr(batches, "__len__") else 0, "bits/dim", "batch", leave=False)
+        bar = progress_bar(len(batches) if isinstance(batches, Sized) else 0, "bits/dim", "batch", leave=False)
     per_sample, nfe, n_batches, stats = [], 0, 0, {}
     for batch in batches:
         if max_batches is not None and n_batches >= max_batches:

@@ -6,7 +6,7 @@ the same distance between two independent draws of the reference law at the same
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -88,7 +88,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] | None =
 
 def distance_and_floor(
     x: torch.Tensor,
-    draw: Callable[[int, torch.Generator], torch.Tensor],
+    draw: Callable[[int, torch.Generator | None], torch.Tensor],
     metric: Callable[[torch.Tensor, torch.Tensor], float],
     repeats: int,
     generator: torch.Generator | None = None,
@@ -112,7 +112,7 @@ def distance_and_floor(
 
 
 def two_sample_floor(
-    draw: Callable[[int, torch.Generator], torch.Tensor],
+    draw: Callable[[int, torch.Generator | None], torch.Tensor],
     n: int,
     metric: Callable[[torch.Tensor, torch.Tensor], float],
     repeats: int = 5,

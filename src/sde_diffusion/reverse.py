@@ -13,7 +13,7 @@ Both are written in forward time `t`; a step from `t` to `t_next < t` has `dt = 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -53,7 +53,7 @@ class ReverseSDE:
         g = self.sde.diffusion(t)
         return torch.zeros_like(g) if self.is_probability_flow else g
 
-    def probability_flow(self) -> "ReverseSDE":
+    def probability_flow(self) -> ReverseSDE:
         """The ODE `dx = [f - g^2 score / 2] dt` with the same marginals."""
         return ReverseSDE(self.sde, self.score, probability_flow=True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,7 +31,7 @@ def sample(
     shape: Sequence[int] | None = None,
     x_T: torch.Tensor | None = None,
     steps: int | None = None,
-    grid: str | TimeGrid | Sequence[float] | None = None,
+    grid: str | TimeGrid | Sequence[float] | torch.Tensor | None = None,
     t_min: float | None = None,
     t_max: float | None = None,
     denoise: bool = False,
@@ -57,7 +57,7 @@ def sample(
     problem = solver.problem(sde, model)
     if (shape is None) == (x_T is None):
         raise ValueError("give exactly one of shape (to draw x_T from the prior) or x_T")
-    if x_T is None:
+    if shape is not None:
         x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
     elif not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
         raise ValueError("x_T must be a floating-point tensor of shape (batch, ...)")

@@ -25,7 +25,7 @@ rectified flow. Each is a `LinearSDE`, so every solver, loss and likelihood runs
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -179,8 +179,8 @@ class DiscreteScheduleSDE(LinearSDE):
         below = t64 < self._t[0]  # linear below the first entry
         lam = torch.where(below, self._lam[0] + (t64 - self._t[0]) * self._slope[0], lam)
         slope = torch.where(below, self._slope[0].expand_as(slope), slope)
-        out = dict(dtype=t.dtype if t.is_floating_point() else torch.float64, device=t.device)
-        return lam.to(**out), slope.to(**out)
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        return lam.to(dtype=dtype, device=t.device), slope.to(dtype=dtype, device=t.device)
 
     def log_snr(self, t):
         return self._lam_and_slope(t)[0]

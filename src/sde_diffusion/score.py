@@ -15,7 +15,8 @@ al. 2023; Liu et al. 2023; SD3, Flux), d x_t / dt for alpha = 1 - t, sigma = t: 
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -97,20 +98,21 @@ class ScoreModel:
             )
         return out
 
-    def _coefficients(self, x: torch.Tensor, t: Time):
+    def _coefficients(self, sde: LinearSDE, x: torch.Tensor, t: Time):
         t = batch_time(t, x)
-        return append_dims(self.sde.alpha(t), x.ndim), append_dims(self.sde.sigma(t), x.ndim)
+        return append_dims(sde.alpha(t), x.ndim), append_dims(sde.sigma(t), x.ndim)
 
-    def _pair(self, x, t):
-        alpha, sigma = self._coefficients(x, t)
+    def _pair(self, sde: LinearSDE, x, t):
+        alpha, sigma = self._coefficients(sde, x, t)
         return eps_and_x0(self(x, t), self.prediction, x, alpha, sigma), alpha, sigma
 
     def _predict(self, x: torch.Tensor, t: Time, target: str) -> torch.Tensor:
         if target == self.prediction:
             return self(x, t)
-        if not isinstance(self.sde, LinearSDE):
+        sde = self.sde
+        if not isinstance(sde, LinearSDE):
             raise ValueError(f"{target!r} is defined only for a LinearSDE; this model gives only the score")
-        (eps, x0), alpha, sigma = self._pair(x, t)
+        (eps, x0), alpha, sigma = self._pair(sde, x, t)
         return target_from(eps, x0, target, alpha, sigma)
 
     def score(self, x: torch.Tensor, t: Time) -> torch.Tensor:

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .tensors import Time, append_dims, as_time, sum_except_batch
+
+if TYPE_CHECKING:
+    from .solvers.grids import TimeGrid
 
 CoefficientFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,8 +64,8 @@ class SDE(ABC):
     default_t_min: float = 1e-3
     """Where samplers stop by default: the smallest time at which the score is trusted."""
 
-    default_grid: str = "uniform"
-    """The time grid samplers use when neither the call nor the solver names one."""
+    default_grid: str | TimeGrid = "uniform"
+    """The time grid (a name or a `TimeGrid`) samplers use when neither the call nor the solver names one."""
 
 
 class LinearSDE(SDE):
@@ -154,17 +158,17 @@ class LinearSDE(SDE):
         return -0.5 * sum_except_batch(x**2) / std**2 - n * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
     @staticmethod
-    def from_coefficients(f: CoefficientFn, g: CoefficientFn, T: float = 1.0, **options) -> "TabulatedLinearSDE":
+    def from_coefficients(f: CoefficientFn, g: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A linear SDE `dx = f(t) x dt + g(t) dW` from its coefficient functions (tensor in, tensor out)."""
         return TabulatedLinearSDE(f, lambda t: g(t) ** 2, T, **options)
 
     @staticmethod
-    def from_beta(beta: CoefficientFn, T: float = 1.0, **options) -> "TabulatedLinearSDE":
+    def from_beta(beta: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A variance-preserving SDE `dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW` from `beta` alone."""
         return TabulatedLinearSDE(lambda t: -0.5 * beta(t), beta, T, **options)
 
     @staticmethod
-    def from_alpha_sigma(alpha: CoefficientFn, sigma: CoefficientFn, T: float = 1.0, **options) -> "LinearSDE":
+    def from_alpha_sigma(alpha: CoefficientFn, sigma: CoefficientFn, T: float = 1.0, **options) -> LinearSDE:
         """A linear SDE from its marginal coefficients, f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2
         (by autograd); see `schedules.MarginalLinearSDE`."""
         from .schedules import MarginalLinearSDE
@@ -172,7 +176,7 @@ class LinearSDE(SDE):
         return MarginalLinearSDE(alpha, sigma, T, **options)
 
     @staticmethod
-    def from_alphas_cumprod(alphas_cumprod) -> "LinearSDE":
+    def from_alphas_cumprod(alphas_cumprod) -> LinearSDE:
         """A discrete DDPM table (diffusers' `alphas_cumprod`) as a continuous SDE, entry i at t = (i + 1) / N, with
         the network's timestep `sde.timestep(t)`; see `schedules.DiscreteScheduleSDE`."""
         from .schedules import DiscreteScheduleSDE
@@ -449,8 +453,7 @@ class TabulatedLinearSDE(LinearSDE):
                 f"g(t)^2 must be positive on (0, T]; got g^2({t_bad:g}) = {g2_nodes[1:][bad[0, 0]].item():g}. "
                 "A non-positive diffusion makes the log-SNR stop decreasing."
             )
-        gl_x, gl_w = np.polynomial.legendre.leggauss(8)
-        gl_x, gl_w = torch.tensor(gl_x), torch.tensor(gl_w)
+        gl_x, gl_w = map(torch.tensor, np.polynomial.legendre.leggauss(8))
         h = self.T / intervals
         quad_t = (nodes[:-1, None] + 0.5 * h * (gl_x + 1)).reshape(-1)
         weights = (0.5 * h * gl_w).repeat(intervals)

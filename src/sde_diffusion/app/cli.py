@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -46,7 +46,7 @@ def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | No
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None  # the message is the whole report
     print(f"outputs written to {out}")
     return value
 

@@ -18,8 +18,9 @@ import difflib
 import inspect
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -43,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or "cosine": after the warm-up, a cosine decay of the rate to 0 at `steps`
-    grad_clip: Optional[float] = 1.0
+    grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     precision: str = "fp32"
     compile: bool = False
@@ -73,7 +74,7 @@ class CalibrationConfig:
     pilot: int = 1024
     max_evaluations: int = 1500
     trim: float = 0.0
-    pool: Optional[int] = None
+    pool: int | None = None
 
 
 @dataclass
@@ -81,9 +82,9 @@ class SampleConfig:
     """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
 
     n: int = 2000
-    steps: Optional[int] = None  # overrides every solver's own `steps`
+    steps: int | None = None  # overrides every solver's own `steps`
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
-    checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
+    checkpoint: str | None = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -96,7 +97,7 @@ class EvaluateConfig:
     projections: int = 256  # fixed directions for sliced Wasserstein (drawn from `seed`)
     floor_repeats: int = 5  # two-sample floor: mean over this many pairs of data samples
     ground_truth: bool = True  # for Gaussian-mixture data: also sample with the exact score, and log p of samples
-    samples: Optional[str] = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
+    samples: str | None = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
     likelihood_n: int = 500  # sde-likelihood: data points (fresh draws, or the first of the test split)
 
 
@@ -120,7 +121,7 @@ class Config:
     plots: bool = True
     # The number a job returns (to a sweeper such as Optuna): a dotted path into its metrics.json, e.g.
     # solvers.pc.sliced_wasserstein; null: the job's main metric (see sde_diffusion.app.jobs.objective).
-    objective: Optional[str] = None
+    objective: str | None = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     sde: Any = MISSING
     model: Any = MISSING
@@ -150,6 +151,8 @@ def _locate(path: str) -> Callable:
 
 def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tuple[str, ...]]:
     """For registry factories `get(name, **options)`: the callable `name` selects, and keys the app adds."""
+    table: Mapping[str, Callable[..., Any]]
+    extra: tuple[str, ...]
     if target == "sde_diffusion.solvers.get":
         from ..solvers import SOLVERS
 
@@ -160,7 +163,7 @@ def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tup
         table, extra = DATASETS, ()
     else:
         return None, ()
-    name = node.get("name")
+    name: Any = node.get("name")  # any value of the config; checked against the table
     if name not in table:
         hint = difflib.get_close_matches(str(name), table, n=1)
         raise ConfigError(
@@ -196,6 +199,7 @@ def validate_node(node: dict, key: str, extra: tuple[str, ...] = ()) -> None:
     target = node["_target_"]
     fn, dispatched_extra = _dispatched(target, node, key)
     extra = tuple(dict.fromkeys(extra + dispatched_extra))
+    params: dict[str, inspect.Parameter | None]  # None: a key the registry factory takes itself
     if fn is None:
         obj = _locate(target)
         fn = obj.__init__ if inspect.isclass(obj) else obj
@@ -225,9 +229,9 @@ def validate_node(node: dict, key: str, extra: tuple[str, ...] = ()) -> None:
         if value is not None and allowed is not None and not _type_ok(value, allowed):
             names = " or ".join(sorted(t.__name__ for t in allowed if t is not type(None)))
             raise ConfigError(f"{key}.{k} must be {names}; got {type(value).__name__} {value!r}")
-    if "steps" in extra and node.get("steps") is not None:
-        if not (isinstance(node["steps"], int) and not isinstance(node["steps"], bool) and node["steps"] >= 1):
-            raise ConfigError(f"{key}.steps must be a positive integer or null; got {node['steps']!r}")
+    steps = node.get("steps") if "steps" in extra else None
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ConfigError(f"{key}.steps must be a positive integer or null; got {steps!r}")
 
 
 def _walk(node, key: str):
@@ -244,7 +248,7 @@ def _walk(node, key: str):
 def to_container(cfg: DictConfig, key: str = "") -> dict:
     """The resolved config as plain containers; a `???` value fails naming its key."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return cast(dict, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))  # a DictConfig gives a dict
     except MissingMandatoryValue as e:
         full = getattr(e, "full_key", None) or key
         raise ConfigError(f"{full} must be set (it is ??? in the config); pass {full}=...") from None

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = gather(args.root, args.metric)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None  # the message is the whole report
     print(markdown(rows))
     print(f"wrote {Path(args.root) / 'metrics.csv'}, metrics.md and quality_vs_nfe.png")
 

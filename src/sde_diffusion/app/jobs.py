@@ -188,6 +188,14 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
     return trainer.score_model(ema=True), {"summary": summary, "history": history}
 
 
+def _saved_config(path: Path) -> DictConfig:
+    """The config.yaml a run wrote: a YAML mapping (a list is not a config)."""
+    saved = OmegaConf.load(path)
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{path} holds a YAML list, not the config of a run")
+    return saved
+
+
 def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]:
     """The config of a previous run (its sde, model, data and loss replace ours) and its newest checkpoint file."""
     if not checkpoint:
@@ -202,7 +210,7 @@ def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]
     saved = run_dir / "config.yaml"  # the resolved config every job writes
     if not saved.is_file():
         raise CheckpointError(f"{run_dir} has no config.yaml, so its sde, model and data are unknown")
-    theirs = OmegaConf.load(saved)
+    theirs = _saved_config(saved)
     cfg = cfg.copy()
     with open_dict(cfg):
         for key in ("sde", "model", "data"):
@@ -228,7 +236,8 @@ def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = Non
     results = {}
     with torch.no_grad():
         for name, sampler in built.samplers.items():
-            grid, extra = sampler.grid, {}
+            grid: str | torch.Tensor | None = sampler.grid
+            extra: dict[str, Any] = {}
             if grid == CALIBRATED:
                 grid, extra["calibration"] = _calibrated_times(built, score, sampler, seed)
             generator = torch.Generator(device=built.device).manual_seed(seed + 1)
@@ -252,8 +261,8 @@ def reference(built: Built, n: int, seed: int) -> tuple[Any, torch.Tensor]:
     law where it is known (toys, mixtures), else the held-out split (test split / train=false) of the data node."""
     data = built.data
     if data.sampler is not None:
-        draw = lambda k, g: data.sample(k, g)  # noqa: E731
-        return draw, draw(n, torch.Generator().manual_seed(seed + 2))
+        fresh = lambda k, g: data.sample(k, g)  # noqa: E731
+        return fresh, fresh(n, torch.Generator().manual_seed(seed + 2))
     node = dict(built.config["data"])
     if "split" in node:
         node["split"] = "test"
@@ -313,7 +322,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         return float(values.mean()), float(values.std() / math.sqrt(len(refs))) if len(refs) > 1 else 0.0
 
     mixture = getattr(built.data, "mixture", None)
-    report = {"n": n, "references": len(refs), "floor": floor, "solvers": {}}
+    report: dict[str, Any] = {"n": n, "references": len(refs), "floor": floor, "solvers": {}}
     if mixture is not None:
         report["data_log_prob"] = float(mixture.log_prob(ref.double()).mean())
     for name, r in samples.items():
@@ -375,7 +384,7 @@ def _finish(built: Built, out: Path, samples: dict, report: dict, extra: dict) -
     outputs.write_npz(out / "samples.npz", {name: r["x"].numpy() for name, r in samples.items()})
     outputs.write_json(out / "metrics.json", metrics)
     if built.config["plots"]:
-        draw_ref, ref = reference(built, min(len(r["x"]) for r in samples.values()), built.config["seed"])
+        _draw_ref, ref = reference(built, min(len(r["x"]) for r in samples.values()), built.config["seed"])
         panels = {(n if r["solver"] == n else f"{r['solver']} ({n})"): r["x"] for n, r in samples.items()}
         outputs.plot_samples(out / "samples.png", panels, ref, built.data.shape)
         outputs.plot_quality_vs_nfe(out / "quality_vs_nfe.png", outputs.rows_from_metrics(metrics, out.name))
@@ -428,7 +437,7 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
         raise ConfigError(f"evaluate.samples: no samples file at {path} (give a samples.npz or the run folder holding it)")
     run_dir = path.parent
     if (run_dir / "config.yaml").is_file():  # the run that wrote the samples: evaluate against its data
-        theirs = OmegaConf.load(run_dir / "config.yaml")
+        theirs = _saved_config(run_dir / "config.yaml")
         cfg = cfg.copy()
         with open_dict(cfg):
             for key in ("sde", "model", "data"):

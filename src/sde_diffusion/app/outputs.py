@@ -10,8 +10,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    # numpy's stubs let **kwds fill the allow_pickle flag (a bool); here every key names an array.
+    return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
 def _pyplot():
@@ -89,12 +91,12 @@ def _save(fig, path: Path) -> Path:
 
 def _image_grid(x: torch.Tensor, shape: Sequence[int], count: int = 64) -> np.ndarray:
     """Up to `count` images (C, H, W) in [-1, 1] tiled into one (rows*H, cols*W[, C]) array in [0, 1]."""
-    x = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
-    cols = int(math.ceil(math.sqrt(len(x))))
-    rows = int(math.ceil(len(x) / cols))
+    images = x[:count].reshape(-1, *shape).clamp(-1, 1).add(1).div(2).numpy()
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
     c, h, w = shape
     grid = np.ones((rows * (h + 1), cols * (w + 1), c))
-    for i, img in enumerate(x):
+    for i, img in enumerate(images):
         r, k = divmod(i, cols)
         grid[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = img.transpose(1, 2, 0)
     return grid[..., 0] if c == 1 else grid
@@ -106,7 +108,7 @@ def plot_samples(path: Path, samples: dict[str, torch.Tensor], data: torch.Tenso
     plt = _pyplot()
     panels = {"data": data, **samples}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
-    for ax, (name, x) in zip(axes[0], panels.items()):
+    for ax, (name, x) in zip(axes[0], panels.items(), strict=True):
         x = x.detach().float().cpu()
         if len(shape) == 3:
             ax.imshow(_image_grid(x, shape), cmap="gray", vmin=0, vmax=1)
@@ -169,8 +171,8 @@ def plot_quality_vs_nfe(path: Path, rows: list[dict], metric: str = "sliced_wass
                     color=colors[i % len(colors)], label=name)
     floors = [(r[f"floor_{metric}"], r.get(f"floor_{metric}_stderr") or 0.0) for r in rows if r.get(f"floor_{metric}") is not None]
     if floors:
-        mean, err = float(np.mean([f for f, _ in floors])), float(np.mean([e for _, e in floors]))
-        ax.axhspan(max(mean - 2 * err, 1e-12), mean + 2 * err, color="gray", alpha=0.25, lw=0,
+        mean, se = float(np.mean([f for f, _ in floors])), float(np.mean([e for _, e in floors]))
+        ax.axhspan(max(mean - 2 * se, 1e-12), mean + 2 * se, color="gray", alpha=0.25, lw=0,
                    label="two-sample floor (±2 s.e.)")
         ax.axhline(mean, ls="--", color="gray", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel=metric.replace("_", " "), title="distance to the data")

@@ -10,7 +10,18 @@ frontier and charts; `overhead` the per-step cost of the solvers beyond the netw
 peak memory. `benchmarks/arena.py` is the command line.
 """
 
-from .contestants import Calibrated, Contestant, Diffusers, LineUp, Ours, Setting, default_contestants, discrete_table, exact_eps, select
+from .contestants import (
+    Calibrated,
+    Contestant,
+    Diffusers,
+    LineUp,
+    Ours,
+    Setting,
+    default_contestants,
+    discrete_table,
+    exact_eps,
+    select,
+)
 from .measure import PeakTensorMemory, peak_memory, wall_time
 from .overhead import MLPNoise, measure_overhead, overhead_markdown
 from .problems import PROBLEMS, SDES, Problem, get_problem, get_sde

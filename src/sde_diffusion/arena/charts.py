@@ -46,7 +46,7 @@ def best_labels(case: list[dict], metric: str, k: int = BEST_PER_BUDGET) -> list
         at = sorted((r[metric], r["label"]) for r in case if r["budget"] == budget and _finite(r[metric]))
         for value, label in at[:k]:
             chosen[label] = min(value, chosen.get(label, math.inf))
-    return sorted(chosen, key=chosen.get)
+    return sorted(chosen, key=lambda label: chosen[label])
 
 
 def frontier_line(case: list[dict], metric: str) -> list[tuple[float, float]]:
@@ -87,12 +87,12 @@ def plot_case(rows: list[dict], problem: str, sde: str, path: Path) -> None:
             colour, _ = GROUPS[group[label]]
             style = "-" if group[label] in ("stochastic", "runge-kutta", "exponential", "adaptive") else "--"
             bold = label in marker
-            ax.plot(*zip(*pts), linestyle=style, color=colour, linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.22,
+            ax.plot(*zip(*pts, strict=True), linestyle=style, color=colour, linewidth=2.2 if bold else 0.8, alpha=1.0 if bold else 0.22,
                     marker=marker.get(label, "."), markersize=6 if bold else 2, zorder=3 if bold else 1,
                     label=label if bold else None)
         line = frontier_line(contestants, metric) if metric == "traj_err" else []  # SW2 at its floor is noise
         if line:
-            ax.step(*zip(*line), where="post", color="k", linewidth=1.2, zorder=2, label="frontier (best at each NFE)")
+            ax.step(*zip(*line, strict=True), where="post", color="k", linewidth=1.2, zorder=2, label="frontier (best at each NFE)")
         if metric == "sw2" and case:
             floor, se = case[0]["sw2_floor"], case[0]["sw2_floor_se"]
             ax.axhspan(max(floor - 2 * se, 1e-12), floor + 2 * se, color="0.85", zorder=0, label="two-sample floor ± 2 se")

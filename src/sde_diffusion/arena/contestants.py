@@ -196,7 +196,7 @@ class Calibrated(Contestant):
 
     def setup_nfe(self, setting: Setting) -> int:
         """The calibration's batched evaluations for this step count (pilot batch and pool screening)."""
-        return self.calibration_nfe.get(setting.steps, 0)
+        return self.calibration_nfe.get(setting.steps, 0) if setting.steps is not None else 0
 
     def solve(self, sde, model, x_T, t_min, setting, generator):
         times = self.grid(sde, model, t_min, setting.steps, x_T)
@@ -231,6 +231,8 @@ def exact_eps(model: ScoreModel, x_vp: torch.Tensor, sigma: float) -> torch.Tens
     unchanged by the rescaling. One evaluation of `model`, counted by its wrapper.
     """
     sde = model.sde
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"exact_eps needs a model of a LinearSDE (alpha, sigma, t_of_log_snr); got {type(sde).__name__}")
     lam = -torch.log(torch.tensor(float(sigma), dtype=torch.float64))
     t = sde.t_of_log_snr(lam).to(torch.float64).clamp(0.0, sde.T)
     scale = float(torch.sqrt(sde.alpha(t) ** 2 + sde.sigma(t) ** 2))

@@ -15,13 +15,13 @@ Data are used at the scale given (no normalisation); the arena reports each prob
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from ..analytic import GaussianMixture
-from ..sde import EDMSDE, OUSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from ..sde import EDMSDE, OUSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import math
 import platform
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -44,7 +44,7 @@ def _nan_mean(values: list[float]) -> tuple[float, float]:
 
 
 def _as_dicts(records) -> list[dict]:
-    return [asdict(r) if is_dataclass(r) else r for r in records]
+    return [asdict(r) if is_dataclass(r) and not isinstance(r, type) else r for r in records]
 
 
 def summarize(records: Iterable) -> list[dict]:
@@ -124,9 +124,9 @@ def _at_floor(r: dict) -> bool:
     return r["sw2"] <= r["sw2_floor"] + 2 * math.hypot(sw2_noise(r), r["sw2_floor_se"])
 
 
-def frontier_targets() -> list[tuple[str, str, object]]:
+def frontier_targets() -> list[tuple[str, str, Callable[..., bool]]]:
     """(metric, description, test) for each target of the frontier."""
-    targets = [("traj_err", f"traj err <= {t:g}", lambda r, t=t: r["traj_err"] <= t) for t in TRAJECTORY_TARGETS]
+    targets: list[tuple[str, str, Callable[..., bool]]] = [("traj_err", f"traj err <= {t:g}", lambda r, t=t: r["traj_err"] <= t) for t in TRAJECTORY_TARGETS]
     targets += [("sw2", f"SW2 <= {f:g} x floor", lambda r, f=f: r["sw2"] <= f * r["sw2_floor"]) for f in FLOOR_TARGETS]
     targets.append(("sw2", "SW2 at the floor (within 2 se)", _at_floor))
     return targets
@@ -184,8 +184,8 @@ def pivot(rows: list[dict], metric: str, budgets: tuple[int, ...], deterministic
             continue
         line = [label]
         for b in budgets:
-            r = cells.get(b)
-            line.append("" if r is None else _fmt(r[metric]) + ("" if r["nfe"] == b else f" [{r['nfe']:.0f}]"))
+            best = cells.get(b)
+            line.append("" if best is None else _fmt(best[metric]) + ("" if best["nfe"] == b else f" [{best['nfe']:.0f}]"))
         table.append(line)
     return ["solver"] + [str(b) for b in budgets], table
 
@@ -215,7 +215,7 @@ def deterministic_claim(rows: list[dict]) -> list[dict]:
             if ours is None or peer is None:
                 continue
             ratio = ours["traj_err"] / peer["traj_err"]
-            best_median = lambda family: min(r["traj_err_median"] for r in at if r["family"] == family)  # noqa: E731
+            best_median = lambda family: min(r["traj_err_median"] for r in at if r["family"] == family)  # noqa: E731, B023  (called within this iteration)
             out.append(dict(problem=problem, sde=sde, budget=budget, ours=ours, peer=peer, ratio=ratio, holds=ratio <= 0.5,
                             median_ratio=best_median("ours") / best_median("diffusers"), fixed=fixed,
                             fixed_ratio=fixed["traj_err"] / peer["traj_err"] if fixed else math.nan))

@@ -28,10 +28,11 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
-from typing import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -75,11 +76,11 @@ class ArenaConfig:
     device: str = "cpu"
 
     @classmethod
-    def full(cls, **overrides) -> "ArenaConfig":
+    def full(cls, **overrides) -> ArenaConfig:
         return cls(**overrides)
 
     @classmethod
-    def quick(cls, **overrides) -> "ArenaConfig":
+    def quick(cls, **overrides) -> ArenaConfig:
         base = dict(problems=("ring-2d", "gmm-32d"), sdes=("edm", "vp"), budgets=(5, 10, 20, 50, 100), seeds=2,
                     samples=256, tolerances=(1e-2, 1e-3, 1e-4), calibrated=False)
         return cls(**{**base, **overrides})
@@ -185,13 +186,12 @@ class Case:
         x_T = self.problem.data.marginal(self.sde, self.sde.T).sample(n, g, dtype=self.dtype)
         reference_model = self.problem.data.score_model(self.sde)
         start = time.perf_counter()
+        x0_ref: torch.Tensor | None = None
         if reference:
             scipy = get_solver("scipy", method="DOP853", rtol=self.config.reference_tol, atol=self.config.reference_tol)
             times = torch.tensor([self.sde.T, self.t_min], dtype=self.dtype)
             x_ref = scipy.solve(reference_model, x_T, times).x
-            reference = reference_model.x0(x_ref, self.t_min)
-        else:
-            reference = None
+            x0_ref = reference_model.x0(x_ref, self.t_min)
         elapsed = time.perf_counter() - start
         gd = torch.Generator().manual_seed(_stable_seed("data", self.name, seed))
         data = self.draw(n, gd)
@@ -201,7 +201,7 @@ class Case:
             values = torch.tensor([r[k] for r in repeats], dtype=torch.float64)
             floors[k] = float(values.mean())
             floors[k + "_sd"] = float(values.std()) if len(values) > 1 else math.nan
-        return SeedState(seed, x_T, reference, reference_model.nfe, elapsed, data, floors)
+        return SeedState(seed, x_T, x0_ref, reference_model.nfe, elapsed, data, floors)
 
 
 def _stable_seed(*parts) -> int:
@@ -217,7 +217,7 @@ def mmd_bandwidths(problem: Problem, n: int = 1000) -> tuple[float, ...]:
 
 def _record(case: Case, c: Contestant, setting: Setting, seed: int, **values) -> Record:
     nan = math.nan
-    base = dict(
+    base: dict[str, Any] = dict(
         problem=case.problem.name, sde=case.sde_name, label=c.label, family=c.family, stochastic=c.stochastic,
         setting=setting.describe(), budget=setting.budget if setting.budget is not None else nan,
         steps=setting.steps if setting.steps is not None else nan, tol=setting.tol if setting.tol is not None else nan,
@@ -265,7 +265,7 @@ def run_seeds(case: Case, c: Contestant, setting: Setting, used_steps: set[int])
     not divide the interval), the step count is lowered until it fits. Returns the setting run and its rows (none
     if it lands on a step count already run, or if even one step is over the budget)."""
     first = _safe_run(case, c, setting, case.seeds[0])
-    while setting.budget is not None and first.nfe > setting.budget and setting.steps > 1:
+    while setting.budget is not None and setting.steps is not None and first.nfe > setting.budget and setting.steps > 1:
         # Scale the steps down by the overshoot (at least one step): one or two re-runs, not one per excess NFE.
         steps = min(setting.steps - 1, math.floor(setting.steps * setting.budget / first.nfe))
         if steps < 1:
@@ -324,6 +324,7 @@ def reference_records(case: Case) -> list[Record]:
     setting = Setting(tol=case.config.reference_tol)
     out = []
     for s in case.seeds:
+        assert s.reference is not None  # the seeds were prepared with their reference (deterministic contestants)
         d = case.distances(s.reference, s.data)
         out.append(_record(
             case, ref, setting, s.seed, nfe=s.reference_nfe + 1, time_s=s.reference_time, cpu_s=s.reference_time,
@@ -355,9 +356,9 @@ def run_case(
     return records
 
 
-def run_one(problem: str, sde: str, contestant: Contestant, budget: int, seed: int = 0, **config) -> Record:
+def run_one(problem: str, sde: str, contestant: Contestant, budget: int, seed: int = 0, **options) -> Record:
     """A single run: `contestant` at the largest step count within `budget` NFE on (problem, sde), for one seed."""
-    config = ArenaConfig(problems=(problem,), sdes=(sde,), budgets=(budget,), seeds=seed + 1, memory=False, **config)
+    config = ArenaConfig(problems=(problem,), sdes=(sde,), budgets=(budget,), seeds=seed + 1, memory=False, **options)
     case = Case(get_problem(problem), sde, config)
     case.seeds = [case.prepare(seed)]
     settings = contestant.plan(case.sde, case.model, case.seeds[0].x_T[:2], case.t_min, config.budgets, config.tolerances)

@@ -14,13 +14,23 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from ..registry import build
 from .dataset import ArrayDataset
 from .digits import digits
 from .images import cifar10, image_folder, mnist, read_idx
-from .toys import TOYS, checkerboard, concentric_rings, eight_gaussians, gaussian_mixture, pinwheel, swiss_roll, toy, two_moons
+from .toys import (
+    TOYS,
+    checkerboard,
+    concentric_rings,
+    eight_gaussians,
+    gaussian_mixture,
+    pinwheel,
+    swiss_roll,
+    toy,
+    two_moons,
+)
 
 DATASETS: dict[str, Callable[..., ArrayDataset]] = {
     **{name: functools.partial(toy, name) for name in TOYS},

@@ -94,7 +94,7 @@ def image_folder(root: str | Path, image_size: int | None = None, channels: int 
     files = [(f, label) for folder, label in folders for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}" + (f" or its class folders {classes}" if classes else ""))
-    images = []
+    images: list[np.ndarray] = []
     for path, _ in files:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")

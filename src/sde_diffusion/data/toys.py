@@ -8,7 +8,7 @@ chosen so every coordinate has a standard deviation of order 1, which suits a VP
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

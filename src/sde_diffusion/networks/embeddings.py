@@ -26,6 +26,8 @@ class SinusoidalTimeEmbedding(nn.Module):
     with `scale = 1000` mapping [0, 1] onto DDPM's integer steps.
     """
 
+    freqs: torch.Tensor  # a buffer
+
     def __init__(self, dim: int, T: float = 1.0, scale: float = 1000.0, max_period: float = 10000.0):
         super().__init__()
         if dim < 2 or dim % 2:
@@ -47,6 +49,8 @@ class FourierTimeEmbedding(nn.Module):
 
     W is drawn from a generator seeded by `seed` and stored in the state dict, so it survives a checkpoint.
     """
+
+    W: torch.Tensor  # a buffer
 
     def __init__(self, dim: int, T: float = 1.0, scale: float = 16.0, seed: int = 0):
         super().__init__()

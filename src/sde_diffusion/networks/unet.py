@@ -9,7 +9,7 @@ zero-initialised, so each block starts as the identity and the untrained network
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -131,7 +131,7 @@ class UNet(nn.Module):
 
     @staticmethod
     def _block(in_ch, out_ch, cond_dim, groups, dropout, attention, heads) -> nn.ModuleList:
-        block = [ResBlock(in_ch, out_ch, cond_dim, groups, dropout)]
+        block: list[nn.Module] = [ResBlock(in_ch, out_ch, cond_dim, groups, dropout)]
         if attention:
             block.append(Attention(out_ch, heads, groups))
         return nn.ModuleList(block)

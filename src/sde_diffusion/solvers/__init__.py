@@ -8,21 +8,28 @@ The registry is a constant table; a new solver is added by importing its class h
 from __future__ import annotations
 
 from ..registry import build
+from .adaptive import AdaptiveSDE, Bosh3, Dopri5, Tsit5
 from .base import GridState, NonFiniteError, SampleResult, Solver, SolverState
 from .control import AdaptiveController, FixedGrid, StepSizeController, StepSizeError
-from .loop import integrate
-from .problems import Chart, DiffusionProblem, LogSNRChart, Term
-from .adaptive import AdaptiveSDE, Bosh3, Dopri5, Tsit5
 from .correctors import CORRECTORS, AnnealedLangevin, Corrector, Langevin, PredictorCorrector
 from .edm import LMS, EDMHeun
-from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, ShiftedGrid, TimeGrid, UniformGrid, get_grid
-from .ode import RK4, Euler, Heun, ScipyODE
-from .sdeint import TorchSDE
-from .stochastic import Ancestral, EulerMaruyama, ReverseDiffusion
 from .exponential import (
-    DDIM, AdaptiveDPMSolver, DPMSolver1, DPMSolver2, DPMSolver3, DPMSolverPP2M, DPMSolverPP2S, DPMSolverPP3M,
+    DDIM,
+    AdaptiveDPMSolver,
+    DPMSolver1,
+    DPMSolver2,
+    DPMSolver3,
+    DPMSolverPP2M,
+    DPMSolverPP2S,
+    DPMSolverPP3M,
     SDEDPMSolverPP2M,
 )
+from .grids import GRIDS, EDMGrid, GivenGrid, LogSNRGrid, QuadraticGrid, ShiftedGrid, TimeGrid, UniformGrid, get_grid
+from .loop import integrate
+from .ode import RK4, Euler, Heun, ScipyODE
+from .problems import Chart, DiffusionProblem, LogSNRChart, Term
+from .sdeint import TorchSDE
+from .stochastic import Ancestral, EulerMaruyama, ReverseDiffusion
 from .unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {

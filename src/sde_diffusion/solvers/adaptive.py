@@ -23,7 +23,7 @@ import torch
 from ..reverse import ReverseSDE
 from ..tensors import append_dims
 from .base import Solver, SolverState, gaussian_noise, per_sample
-from .control import AdaptiveController, StepSizeError
+from .control import AdaptiveController
 from .edm import denoiser
 from .problems import DiffusionProblem, LogSNRChart
 
@@ -43,8 +43,8 @@ class Tableau:
 
 
 def _embedded(c, a, b, b_hat, order, error_order) -> Tableau:
-    b_full = tuple(b) + (0.0,)
-    return Tableau(tuple(c), tuple(map(tuple, a)), tuple(b), tuple(x - y for x, y in zip(b_full, b_hat)), order, error_order)
+    b_full = (*tuple(b), 0.0)
+    return Tableau(tuple(c), tuple(map(tuple, a)), tuple(b), tuple(x - y for x, y in zip(b_full, b_hat, strict=True)), order, error_order)
 
 
 # Bogacki & Shampine (1989): third order, embedded second order (scipy's RK23).
@@ -194,15 +194,15 @@ class EmbeddedRungeKutta(Solver):
         self.max_nfe, self.max_steps, self.predictive, self.stretch = max_nfe, max_steps, bool(predictive), float(stretch)
 
     @property
-    def order(self) -> int:
+    def order(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.tableau.order
 
     @property
-    def error_order(self) -> int:
+    def error_order(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.tableau.error_order
 
     @property
-    def evaluations_per_step(self) -> int:
+    def evaluations_per_step(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return len(self.tableau.c)  # stages 2..s-1 and the FSAL stage
 
     def problem(self, sde, score):
@@ -219,12 +219,13 @@ class EmbeddedRungeKutta(Solver):
     def step(self, term, y, s, s_next, state: RungeKuttaState, generator):
         tab, h = self.tableau, s_next - s
         hx = append_dims(h.to(y.dtype), y.ndim)
+        assert state.derivative is not None  # init computes it; every step returns the next one
         ks = [state.derivative]
-        for c_i, a_i in zip(tab.c[1:], tab.a):
-            ks.append(term.drift(y + hx * sum(a * k for a, k in zip(a_i, ks) if a), (s + c_i * h).to(y.dtype)))
-        y_next = y + hx * sum(b * k for b, k in zip(tab.b, ks) if b)
+        for c_i, a_i in zip(tab.c[1:], tab.a, strict=True):
+            ks.append(term.drift(y + hx * sum(a * k for a, k in zip(a_i, ks, strict=True) if a), (s + c_i * h).to(y.dtype)))
+        y_next = y + hx * sum(b * k for b, k in zip(tab.b, ks, strict=True) if b)
         ks.append(term.drift(y_next, s_next.to(y.dtype)))
-        return y_next, hx * sum(e * k for e, k in zip(tab.e, ks) if e), RungeKuttaState(derivative=ks[-1])
+        return y_next, hx * sum(e * k for e, k in zip(tab.e, ks, strict=True) if e), RungeKuttaState(derivative=ks[-1])
 
 
 class Bosh3(EmbeddedRungeKutta):
@@ -264,7 +265,7 @@ class BrownianMemory:
         self.dt, self.dW, self.depth = dt, dW, depth
 
     @classmethod
-    def empty(cls, like: torch.Tensor) -> "BrownianMemory":
+    def empty(cls, like: torch.Tensor) -> BrownianMemory:
         batch = len(like)
         return cls(torch.zeros(batch, 0, dtype=torch.float64, device=like.device),
                    torch.zeros(batch, 0, *like.shape[1:], dtype=like.dtype, device=like.device),
@@ -281,7 +282,7 @@ class BrownianMemory:
         """The Brownian increments over the next h (per sample)."""
         rows = torch.arange(len(self.depth), device=self.depth.device)
         need, depth = h.clone(), self.depth.clone()
-        total = torch.zeros((len(rows),) + self.dW.shape[2:], dtype=self.dW.dtype, device=self.dW.device)
+        total = torch.zeros((len(rows), *self.dW.shape[2:]), dtype=self.dW.dtype, device=self.dW.device)
         while (using := (depth > 0) & (need > 0)).any():
             pos = (depth - 1).clamp(min=0)
             seg_dt = torch.where(using, self.dt[rows, pos], torch.zeros_like(need))
@@ -301,7 +302,7 @@ class BrownianMemory:
         self.depth = depth
         return total + append_dims(need.to(total.dtype).sqrt(), total.ndim) * gaussian_noise(total, generator)
 
-    def popped(self) -> "BrownianMemory":
+    def popped(self) -> BrownianMemory:
         """The stacks without their top increments (the storage is shared: one of the two is dropped by the loop)."""
         return BrownianMemory(self.dt, self.dW, self.depth - 1)
 
@@ -309,12 +310,12 @@ class BrownianMemory:
         extra = columns - self.dt.shape[1]
         if extra > 0:
             self.dt = torch.cat([self.dt, self.dt.new_zeros((len(self.dt), extra))], 1)
-            self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), extra) + self.dW.shape[2:])], 1)
+            self.dW = torch.cat([self.dW, self.dW.new_zeros((len(self.dW), extra, *self.dW.shape[2:]))], 1)
 
-    def select(self, idx: torch.Tensor) -> "BrownianMemory":
+    def select(self, idx: torch.Tensor) -> BrownianMemory:
         return BrownianMemory(self.dt[idx], self.dW[idx], self.depth[idx])
 
-    def where(self, keep: torch.Tensor, other: "BrownianMemory") -> "BrownianMemory":
+    def where(self, keep: torch.Tensor, other: BrownianMemory) -> BrownianMemory:
         columns = max(self.dt.shape[1], other.dt.shape[1])
         self._widen(columns)
         other._widen(columns)
@@ -322,7 +323,7 @@ class BrownianMemory:
                               torch.where(append_dims(keep, self.dW.ndim), self.dW, other.dW),
                               torch.where(keep, self.depth, other.depth))
 
-    def merge(self, idx: torch.Tensor, part: "BrownianMemory") -> "BrownianMemory":
+    def merge(self, idx: torch.Tensor, part: BrownianMemory) -> BrownianMemory:
         merged = BrownianMemory(self.dt.clone(), self.dW.clone(), self.depth.clone())
         columns = max(merged.dt.shape[1], part.dt.shape[1])
         merged._widen(columns)

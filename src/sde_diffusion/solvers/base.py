@@ -49,7 +49,7 @@ class SolverState:
     def _per_sample_fields(self):
         return [f.name for f in dataclasses.fields(self) if f.metadata.get("per_sample")]
 
-    def select(self, idx: torch.Tensor) -> "SolverState":
+    def select(self, idx: torch.Tensor) -> SolverState:
         """The state of the samples `idx`."""
         rows = {}
         for name in self._per_sample_fields():
@@ -57,7 +57,7 @@ class SolverState:
             rows[name] = value[idx] if isinstance(value, torch.Tensor) else (None if value is None else value.select(idx))
         return dataclasses.replace(self, **rows)
 
-    def where(self, keep: torch.Tensor, other: "SolverState") -> "SolverState":
+    def where(self, keep: torch.Tensor, other: SolverState) -> SolverState:
         """This state for the samples where `keep`, `other` elsewhere (both of the same samples)."""
         rows = {}
         for name in self._per_sample_fields():
@@ -70,7 +70,7 @@ class SolverState:
                 rows[name] = mine.where(keep, theirs)
         return dataclasses.replace(self, **rows)
 
-    def merge(self, idx: torch.Tensor, part: "SolverState") -> "SolverState":
+    def merge(self, idx: torch.Tensor, part: SolverState) -> SolverState:
         """This state with the samples `idx` replaced by `part`."""
         rows = {}
         for name in self._per_sample_fields():
@@ -109,14 +109,15 @@ class GridState:
 class Solver:
     """Base class. Subclasses set `name`, their flags, and implement `step` (and `init` when they keep a state).
 
-    Flags (class attributes, or read-only properties where an option decides them):
+    Flags (class attributes, or read-only properties where an option decides them; mypy cannot express a read-only
+    class attribute, so those properties carry `# type: ignore[override]`):
     `order` (of convergence), `stochastic` (draws noise), `adaptive` (returns an error estimate and chooses its own
     steps with `controller()`: only the grid's end points are used), `needs` (the problem type: `Term` or
     `DiffusionProblem`). `default_grid` and `default_steps` are what `sample` uses when the call names none.
     """
 
     name: ClassVar[str] = ""
-    order: ClassVar[float] = 1.0
+    order: float = 1.0  # a class attribute, or set per instance where an option decides it
     stochastic: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
     needs: ClassVar[type] = Term
@@ -165,7 +166,7 @@ class Solver:
         return y_next, y
 
     def solve(self, score: ScoreModel, x_T: torch.Tensor, times: torch.Tensor, generator: torch.Generator | None = None,
-              *, keep_trajectory: bool = False, progress: bool = False) -> "SampleResult":
+              *, keep_trajectory: bool = False, progress: bool = False) -> SampleResult:
         """Integrate the problem of `score` from x_T along `times` (the grid, or its end points for an adaptive
         solver) with this solver's own controller: `sample` without its defaults and checks."""
         return integrate(self, self.problem(score.sde, score), x_T, self.controller(times), generator,

@@ -55,24 +55,24 @@ class StepSizeController:
         """The times the solver's `init` is told about: the grid, or the two end points."""
         return torch.stack([self.t_start, self.t_end])
 
-    def start(self, solver, problem, state, y: torch.Tensor, times: torch.Tensor) -> "Control":
+    def start(self, solver, problem, state, y: torch.Tensor, times: torch.Tensor) -> Control:
         """The record of a new solve from y at times[0] (`times` in the solver's variable)."""
         raise NotImplementedError
 
-    def propose(self, control: "Control", solver, state, spent: int):
+    def propose(self, control: Control, solver, state, spent: int):
         """The next attempt, (idx, s, s_next) with idx the samples to step (None: all), or None when the solve is
         done. `spent`: the evaluations the solve has made so far, as the problem's counter read them."""
         raise NotImplementedError
 
-    def adapt(self, control: "Control", proposal, error, y_next, y):
+    def adapt(self, control: Control, proposal, error, y_next, y):
         """Judge an attempt: True (or a per-sample mask) where it is accepted. `y_next` and `y` scale the tolerance."""
         raise NotImplementedError
 
-    def progress(self, control: "Control") -> float:
+    def progress(self, control: Control) -> float:
         """The fraction of the interval done (for the progress bar)."""
         raise NotImplementedError
 
-    def stats(self, control: "Control", nfe: int) -> dict[str, Any]:
+    def stats(self, control: Control, nfe: int) -> dict[str, Any]:
         """What the solve reports in `SampleResult.stats`."""
         raise NotImplementedError
 
@@ -209,10 +209,9 @@ class AdaptiveController(StepSizeController):
         self.factor_min, self.factor_max, self.exponent = float(factor_min), float(factor_max), exponent
         self.predictive, self.hold_after_reject = bool(predictive), bool(hold_after_reject)
         self.h_init, self.first_step, self.stretch = h_init, first_step, float(stretch)
-        self.max_nfe, self.max_steps = max_nfe, max_steps
-        self.t_start = self.t_end = None
+        self.max_nfe, self.max_steps = max_nfe, max_steps  # t_start and t_end: set by between()
 
-    def between(self, t_start: torch.Tensor, t_end: torch.Tensor) -> "AdaptiveController":
+    def between(self, t_start: torch.Tensor, t_end: torch.Tensor) -> AdaptiveController:
         """A copy of this controller set to run from t_start to t_end."""
         controller = copy.copy(self)
         controller.t_start, controller.t_end = t_start, t_end

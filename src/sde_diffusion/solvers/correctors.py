@@ -6,10 +6,10 @@ few of its steps at a fixed t to pull the sample back onto p_t after each predic
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ..registry import build
 from ..tensors import append_dims
@@ -103,16 +103,16 @@ class PredictorCorrector(Solver):
         self.predictor = get(predictor) if isinstance(predictor, str) else predictor
         if self.predictor.adaptive:
             raise ValueError(f"the predictor must be a fixed-step solver; {self.predictor.name} chooses its own steps")
-        if isinstance(corrector, str):
-            corrector = build("corrector", CORRECTORS, corrector, dict(snr=snr, steps=corrector_steps))
-        self.corrector = corrector
+        self.corrector: Corrector = (
+            build("corrector", CORRECTORS, corrector, dict(snr=snr, steps=corrector_steps)) if isinstance(corrector, str) else corrector
+        )
 
     @property
-    def order(self) -> float:
+    def order(self) -> float:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.predictor.order
 
     @property
-    def stochastic(self) -> bool:
+    def stochastic(self) -> bool:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.corrector.steps > 0 or self.predictor.stochastic
 
     def init(self, problem, x, times):

@@ -48,8 +48,8 @@ def denoiser(score, x_tilde: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class EDMState(GridState):
     """alpha and sigma_tilde on the whole grid, computed once per solve; LMS's past derivatives, newest first."""
 
-    alphas: torch.Tensor | None = None
-    sigmas: torch.Tensor | None = None
+    alphas: torch.Tensor = field(kw_only=True)
+    sigmas: torch.Tensor = field(kw_only=True)
     derivatives: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -97,7 +97,7 @@ class EDMHeun(EDMSolver):
         self.S_churn, self.S_min, self.S_max, self.S_noise = float(S_churn), float(S_min), float(S_max), float(S_noise)
 
     @property
-    def stochastic(self) -> bool:
+    def stochastic(self) -> bool:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.S_churn > 0
 
     def step(self, problem, x, t, t_next, state: EDMState, generator):
@@ -149,6 +149,7 @@ class LMS(EDMSolver):
     """
 
     name = "lms"
+    order: int
     default_steps = 50
 
     def __init__(self, order: int = 4):
@@ -165,6 +166,6 @@ class LMS(EDMSolver):
         del derivatives[self.order :]
         nodes = sigmas[i + 1 - len(derivatives) : i + 1].flip(0).tolist()  # sigma_i, sigma_{i-1}, ...
         weights = adams_bashforth_coefficients(nodes, float(sigmas[i + 1]))
-        x_tilde = x_tilde + sum(c * d_j for c, d_j in zip(weights, derivatives))
+        x_tilde = x_tilde + sum(c * d_j for c, d_j in zip(weights, derivatives, strict=True))
         state.index += 1
         return alphas[i + 1] * x_tilde, None, state

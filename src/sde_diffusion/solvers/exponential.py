@@ -207,6 +207,7 @@ class ExponentialSolver(Solver):
     @staticmethod
     def stage_points(state: ExponentialState) -> list[Point]:
         """The intermediate points of the current step."""
+        assert state.stages is not None, "stage_points is for solvers with stage fractions"
         t, lam, alpha, sigma = (v[state.index] for v in state.stages)
         return [Point(*(v[k] for v in (t, lam, alpha, sigma))) for k in range(len(t))]
 
@@ -232,7 +233,7 @@ class DDIM(ExponentialSolver):
         self.eta = float(eta)
 
     @property
-    def stochastic(self) -> bool:
+    def stochastic(self) -> bool:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.eta > 0
 
     def step(self, problem, x, t, t_next, state, generator):
@@ -326,6 +327,7 @@ class MultistepSolver(ExponentialSolver):
     """
 
     max_order: ClassVar[int] = 3
+    order: int  # an integer: it counts the history
 
     def __init__(self, lower_order_final: bool = True):
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
@@ -431,7 +433,7 @@ class SDEDPMSolverPP2M(MultistepSolver):
         self.eta, self.solver_type = float(eta), solver_type
 
     @property
-    def stochastic(self) -> bool:
+    def stochastic(self) -> bool:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.eta > 0
 
     def step(self, problem, x, t, t_next, state, generator):
@@ -480,6 +482,7 @@ class AdaptiveDPMSolver(Solver):
     """
 
     name = "adaptive_dpm_solver"
+    order: int
     adaptive = True
     needs = DiffusionProblem
     default_grid = "log_snr"
@@ -506,11 +509,11 @@ class AdaptiveDPMSolver(Solver):
                                               first_step=self.h_init, max_nfe=max_nfe)
 
     @property
-    def error_order(self) -> int:
+    def error_order(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.order - 1
 
     @property
-    def evaluations_per_step(self) -> int:
+    def evaluations_per_step(self) -> int:  # type: ignore[override]  # a read-only flag (see Solver)
         return self.order
 
     def attempt_cost(self, state: AdaptiveDPMState) -> int:

@@ -8,7 +8,7 @@ uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-S
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -36,7 +36,7 @@ class SampleResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def check_finite(x: torch.Tensor, solver: "Solver", step: int, of: int | str, t, t_next) -> None:
+def check_finite(x: torch.Tensor, solver: Solver, step: int, of: int | str, t, t_next) -> None:
     """Raise NonFiniteError naming the step and times when x holds NaN or inf."""
     if not torch.isfinite(x).all():
         raise NonFiniteError(
@@ -47,7 +47,7 @@ def check_finite(x: torch.Tensor, solver: "Solver", step: int, of: int | str, t,
 
 
 def integrate(
-    solver: "Solver",
+    solver: Solver,
     problem,
     x: torch.Tensor,
     controller: StepSizeController,
@@ -81,7 +81,7 @@ def integrate(
             if bool(accepted):
                 y, state = y_next, state_next
                 visited.append(s_next)
-                if keep_trajectory:
+                if trajectory is not None:
                     trajectory.append(chart.sample(y, s_next))
             else:
                 state = state_part
@@ -102,7 +102,7 @@ def integrate(
     else:
         out_times = chart.time(torch.stack([v.to(times.dtype) for v in visited]))
         out_times[0], out_times[-1] = t_start, t_end
-    if keep_trajectory:  # its last entry is exactly the result
+    if trajectory is not None:  # its last entry is exactly the result
         trajectory[len(trajectory) - 1 if len(trajectory) > 1 else 1:] = [x]
     return SampleResult(x, nfe, out_times, trajectory, stats)
 

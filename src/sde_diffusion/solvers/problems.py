@@ -48,7 +48,7 @@ class DiffusionProblem:
     predictions need. `reverse_sde` and `probability_flow` are the terms with the same score, built once.
     """
 
-    def __init__(self, sde: SDE, score: ScoreModel, solver: str = "this solver", chart: "Chart | None" = None):
+    def __init__(self, sde: SDE, score: ScoreModel, solver: str = "this solver", chart: Chart | None = None):
         if not isinstance(sde, LinearSDE):
             raise ValueError(
                 f"{solver} needs a LinearSDE (it reads alpha, sigma and log_snr); got {type(sde).__name__}. On any "

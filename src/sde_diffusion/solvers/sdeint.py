@@ -22,7 +22,7 @@ import torch
 from .base import GridState, Solver
 
 STRATONOVICH_ONLY = ("reversible_heun", "heun", "midpoint", "euler_heun")
-METHODS = ("euler", "milstein", "srk") + STRATONOVICH_ONLY
+METHODS = ("euler", "milstein", "srk", *STRATONOVICH_ONLY)
 
 
 class _TimeChanged(torch.nn.Module):
@@ -100,6 +100,7 @@ class TorchSDE(Solver):
     def step(self, term, x, t, t_next, state: TorchSDEState, generator):
         if state.solver is None:  # the Brownian interval is seeded from the first step's generator
             state.solver, state.extra, state.s = self.start(term, x, state.times, generator)
+        assert state.s is not None  # set with the solver, on the first step
         i = state.index
         y, state.extra = state.solver.step(state.s[i], state.s[i + 1], x.reshape(len(x), -1), state.extra)
         state.index += 1

@@ -88,11 +88,11 @@ class UniPC(MultistepSolver):
         x_t = base
         if order >= 2:
             rhos_p = [torch.full_like(h, 0.5)] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
-            x_t = base - scale * sum(rho * d for rho, d in zip(rhos_p, D))
+            x_t = base - scale * sum(rho * d for rho, d in zip(rhos_p, D, strict=True))
         if self.corrector and not state.is_last:
             m_t = predict(model, x_t, t, kind)
             rhos_c = [torch.full_like(h, 0.5)] if order == 1 else torch.linalg.solve(R, b)
-            x_t = base - scale * (sum(rho * d for rho, d in zip(rhos_c[:-1], D)) + rhos_c[-1] * (m_t - ms[-1]))
+            x_t = base - scale * (sum(rho * d for rho, d in zip(rhos_c[:-1], D, strict=True)) + rhos_c[-1] * (m_t - ms[-1]))
             state.corrector_prediction = m_t
         state.index += 1
         return x_t, None, state

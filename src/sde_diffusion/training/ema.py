@@ -33,7 +33,7 @@ class EMA:
         decay = self.current_decay()
         self.num_updates += 1
         torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_buffer.copy_(buffer)
 
     def state_dict(self) -> dict:

@@ -33,12 +33,12 @@ for the VP SDE from its closed-form CDF; the log-SNR route gives it for every li
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
 from ..networks.embeddings import NULL_LABEL
-from ..score import PREDICTIONS, target_from
+from ..score import PREDICTIONS, Prediction, target_from
 from ..sde import LinearSDE
 from ..tensors import append_dims
 
@@ -102,7 +102,7 @@ class DSMLoss:
             raise ValueError(f"t_min must lie in (0, T) = (0, {sde.T:g}); got {t_min:g}")
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout is a probability in [0, 1); got {label_dropout}")
-        self.sde, self.prediction, self.weighting = sde, prediction, weighting
+        self.sde, self.prediction, self.weighting = sde, cast(Prediction, prediction), weighting  # checked above
         self.importance_sampling, self.t_min, self.reduction = bool(importance_sampling), t_min, reduction
         self.label_dropout = float(label_dropout)
 

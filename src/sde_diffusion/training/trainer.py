@@ -18,8 +18,9 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,11 +64,13 @@ class ShardedBatches:
                 f"the dataset has {len(dataset)} examples: {self.shard_size} per rank for {world_size} rank(s), "
                 f"fewer than one batch of {batch_size}; lower batch_size"
             )
-        self.epoch, self.position, self._shard_epoch, self._shard = 0, 0, None, None
+        self.epoch, self.position = 0, 0
+        self._shard_epoch: int | None = None
+        self._shard: torch.Tensor | None = None
 
     def shard(self, epoch: int) -> torch.Tensor:
         """The indices rank `rank` visits in `epoch`, in order."""
-        if self._shard_epoch != epoch:
+        if self._shard is None or self._shard_epoch != epoch:
             perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
             self._shard, self._shard_epoch = perm[self.rank :: self.world_size][: self.shard_size], epoch
         return self._shard
@@ -132,7 +135,7 @@ class Trainer:
         self,
         model: nn.Module,
         loss: DSMLoss,
-        data: torch.utils.data.Dataset,
+        data: Any,
         *,
         batch_size: int = 256,
         lr: float = 2e-4,
@@ -152,7 +155,7 @@ class Trainer:
         keep_checkpoints: int = 2,
         resume: bool = False,
         eval_every: int = 0,
-        eval_fn: Callable[["Trainer"], dict[str, float]] | None = None,
+        eval_fn: Callable[[Trainer], dict[str, float]] | None = None,
         log_every: int = 100,
         progress: bool = True,
     ):
@@ -170,7 +173,10 @@ class Trainer:
         self.device = torch.device(device) if device is not None else self.ctx.device
         self.model = model.to(self.device)
         self.loss, self.data = loss, data
-        self.batch_size, self.lr, self.weight_decay, self.betas = batch_size, float(lr), float(weight_decay), tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be AdamW's (beta1, beta2); got {betas!r}")
+        self.batch_size, self.lr, self.weight_decay = batch_size, float(lr), float(weight_decay)
+        self.betas = (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.grad_clip, self.seed = int(warmup_steps), grad_clip, int(seed)
         self.lr_decay_steps = lr_decay_steps
         self.precision, self.compile = precision, bool(compile)
@@ -179,7 +185,7 @@ class Trainer:
         self.eval_every, self.eval_fn, self.log_every, self.progress = int(eval_every), eval_fn, max(1, int(log_every)), progress
         self.conditional = bool(getattr(model, "num_classes", None)) and getattr(data, "labels", None) is not None
 
-        self.train_model = self.model
+        self.train_model: Callable[..., Any] = self.model  # the model, wrapped for DDP and compiled as asked
         if self.ctx.distributed:  # wrapping broadcasts rank 0's weights, so it comes before the EMA copy
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
@@ -191,7 +197,9 @@ class Trainer:
         self.batches = ShardedBatches(data, batch_size, self.seed, self.ctx.rank, self.ctx.world_size)
         self.generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.ctx.rank, 1))
         torch.manual_seed(derive_seed(self.seed, self.ctx.rank, 2))  # dropout draws from the global RNG
-        self.step, self.history, self._saved_step = 0, [], None
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._saved_step: int | None = None
 
         if self.checkpoint_dir is not None and list_checkpoints(self.checkpoint_dir):
             if not resume:
@@ -221,7 +229,7 @@ class Trainer:
         """One optimisation step; returns the loss and the gradient norm before clipping (device tensors)."""
         x0, labels = next(self.batches)
         x0 = x0.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True) if self.conditional else None
+        labels = labels.to(self.device, non_blocking=True) if self.conditional and labels is not None else None
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         with self._autocast():
@@ -274,13 +282,13 @@ class Trainer:
         return self.history
 
     def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, steps_per_s: float) -> dict:
-        loss = distributed.mean_over_ranks(loss.float(), self.ctx).item()
-        if not math.isfinite(loss):
+        mean_loss = distributed.mean_over_ranks(loss.float(), self.ctx).item()
+        if not math.isfinite(mean_loss):
             raise FloatingPointError(
-                f"the training loss is {loss} at step {self.step}; lower lr, enable grad_clip, or check the data "
+                f"the training loss is {mean_loss} at step {self.step}; lower lr, enable grad_clip, or check the data "
                 "(it should be finite and of order 1) and t_min (sigma(t_min) must not underflow)"
             )
-        record = {"step": self.step, "loss": loss, "lr": self.lr_at(self.step - 1), "steps_per_s": steps_per_s}
+        record = {"step": self.step, "loss": mean_loss, "lr": self.lr_at(self.step - 1), "steps_per_s": steps_per_s}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm.item()
         self.history.append(record)
@@ -316,6 +324,7 @@ class Trainer:
 
     def _rng_state(self) -> dict:
         np_state = np.random.get_state()
+        assert isinstance(np_state, tuple)  # the legacy tuple of numpy's global MT19937
         state = {
             "torch": torch.get_rng_state(),
             "generator": self.generator.get_state(),
@@ -388,7 +397,7 @@ class Trainer:
         if state["world_size"] != self.ctx.world_size:
             warnings.warn(
                 f"{path} was written by {state['world_size']} process(es), resumed with {self.ctx.world_size}: "
-                "the data shards and random streams change, so the run continues but not bit for bit"
+                "the data shards and random streams change, so the run continues but not bit for bit", stacklevel=2
             )
         if self.ctx.rank < len(rng):
             self._set_rng_state(rng[self.ctx.rank])
