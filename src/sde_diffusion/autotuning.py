@@ -87,7 +87,7 @@ def autotune(
     shape: Sequence[int],
     candidates: Sequence[tuple[str, dict[str, Any]]] = CANDIDATES,
     budget: int = 400_000,
-    pilot: int = 64,
+    pilot: int = 128,
     validation: int = 128,
     lr: float = 0.2,
     teacher_tol: float = 1e-4,
@@ -102,8 +102,8 @@ def autotune(
 ) -> Autotuned:
     """The best of `candidates` (deterministic fixed-step solvers, each `(name, options)`) on a grid calibrated to
     `model` for an NFE budget of `nfe` (the final denoising evaluation included), searched with at most `budget`
-    sample-evaluations (see the module). `shape` is the shape of one sample (without the batch dimension) or of a
-    batch (its first entry is then ignored); `pilot` and `validation` prior draws come from `seed`."""
+    sample-evaluations (see the module). `shape` is a batch's shape `(n, ...)`, as in `sample`; only the shape of
+    one sample, `shape[1:]`, matters: `pilot` and `validation` prior draws come from `seed`."""
     started = time.perf_counter()
     model = as_score_model(sde, model)
     if not isinstance(sde, LinearSDE):
@@ -124,7 +124,9 @@ def autotune(
         engine.problem(sde, model)
         engines.append((engine.name, dict(entry[1]), engine))
     shape = tuple(shape)
-    sample_shape = shape if len(shape) <= 1 else shape[1:]
+    if len(shape) < 2:
+        raise ValueError(f"shape is a batch's shape (n, ...), as in sample; got {shape} (a 2-D point: shape=(1, 2))")
+    sample_shape = shape[1:]
     t_min = sde.default_t_min if t_min is None else float(t_min)
     t_max = sde.T if t_max is None else float(t_max)
     settings = dict(nfe=nfe, shape=list(sample_shape), candidates=[[n, o] for n, o, _ in engines], budget=budget,
@@ -245,3 +247,24 @@ def _write(path: Path, tuned: Autotuned) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)
+
+
+@dataclass
+class AutoSolver:
+    """`solver=auto` in the app (conf/solver/auto.yaml): before sampling, `autotune` the trained model for
+    `sample.nfe` evaluations with these settings, then sample with what it chose. `candidates`: a list of
+    [solver name, options] pairs, or None for `CANDIDATES`; `cache_dir`: None for `default_cache_dir()`."""
+
+    budget: int = 400_000
+    pilot: int = 128
+    validation: int = 128
+    candidates: list | None = None
+    cache_dir: str | None = None
+    name = "auto"
+
+    def tune(self, sde: SDE, model: ScoreModel, nfe: int, shape: Sequence[int], seed: int,
+             device: torch.device | str | None = None) -> Autotuned:
+        """`autotune` with these settings; `shape` is one sample's."""
+        candidates = CANDIDATES if self.candidates is None else [(n, dict(o or {})) for n, o in self.candidates]
+        return autotune(sde, model, nfe=nfe, shape=(1, *shape), candidates=candidates, budget=self.budget,
+                        pilot=self.pilot, validation=self.validation, seed=seed, device=device, cache_dir=self.cache_dir)

@@ -209,11 +209,11 @@ def calibrate_grid(
         raise ValueError(f"stratify is the size of the stratified pilot batch, an integer >= 2; got {stratify!r}")
     if stratify is not None and trim:
         raise ValueError("give trim or stratify, not both: stratify keeps the hard samples that trim would drop")
+    if max_evaluations is not None and max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be positive; got {max_evaluations}")
     if method == "gradient" and (trim or max_evaluations is not None):
         raise ValueError("trim and max_evaluations belong to method='powell'; the gradient method is bounded by "
                          "budget (sample-evaluations)")
-    if max_evaluations is not None and max_evaluations < 1:
-        raise ValueError(f"max_evaluations must be positive; got {max_evaluations}")
     if not isinstance(validation, int) or validation < 0:
         raise ValueError(f"validation is the number of held-out prior draws, an integer >= 0; got {validation!r}")
     if not (isinstance(budget, int) and budget > 0) or not lr > 0:

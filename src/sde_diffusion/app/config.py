@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 # Keys of a solver node that the app reads itself (the time grid), not options of the solver.
 SAMPLING_KEYS = ("steps", "grid")
+AUTO_SOLVER = "sde_diffusion.autotuning.AutoSolver"  # conf/solver/auto.yaml: tuned to the model for sample.nfe
 
 
 class ConfigError(ValueError):
@@ -60,12 +61,15 @@ class TrainConfig:
 @dataclass
 class CalibrationConfig:
     """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
-    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`.
+    (`sde_diffusion.calibrate_grid`) on `pilot` prior draws, by `method`: `gradient` (descent through the solve,
+    at most `budget` sample-evaluations in all) or `powell` (each Powell search capped at `max_evaluations`; `trim`).
     With `pool`, the pilot batch is stratified from that many draws (`calibrate_grid(stratify=pilot)`): its hardest
     half by screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the
     error (separated modes)."""
 
-    pilot: int = 1024
+    method: str = "gradient"
+    budget: int = 100_000
+    pilot: int = 128
     max_evaluations: int = 1500
     trim: float = 0.0
     pool: Optional[int] = None
@@ -77,6 +81,7 @@ class SampleConfig:
 
     n: int = 2000
     steps: Optional[int] = None  # overrides every solver's own `steps`
+    nfe: Optional[int] = None  # the evaluation budget of solver=auto (conf/solver/auto.yaml), denoising included
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
@@ -237,7 +242,7 @@ def validate(cfg: DictConfig) -> dict:
     if not isinstance(resolved.get("solvers"), dict):
         raise ConfigError("solvers must map names to solver nodes (e.g. +solver@solvers.ode=heun)")
     for name, node in resolved["solvers"].items():
-        if not isinstance(node, dict) or node.get("_target_") != "sde_diffusion.solvers.get":
+        if not isinstance(node, dict) or node.get("_target_") not in ("sde_diffusion.solvers.get", AUTO_SOLVER):
             raise ConfigError(f"solvers.{name} must be a solver node from conf/solver/ (_target_: sde_diffusion.solvers.get)")
     if resolved["device"] not in ("auto", "cpu", "cuda") and not str(resolved["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {resolved['device']!r}")
