@@ -285,16 +285,17 @@ class GradientFit:
 def fit_grid_by_gradient(
     sde: LinearSDE, model: ScoreModel, engine: Solver, x_T: torch.Tensor, reference: torch.Tensor,
     starts: dict[str, torch.Tensor], t_min: float, t_max: float, denoise: bool, spent: Callable[[], int],
-    budget: int, reserve_rows: int = 0, lr: float = 0.2, max_iterations: int = 500, patience: int = 40,
+    budget: int, reserve_rows: int = 0, lr: float = 0.2, max_iterations: int = 500, plateau: int = 8,
     weights: torch.Tensor | None = None,
 ) -> GradientFit:
     """Adam on theta (the grid's log-SNR increments, `log_snr_grid`) to minimise the pilot's relative RMS error
     ||x(theta) - x_ref|| / ||x_ref||, its gradient taken through the solve (every coefficient is a torch function
-    of the times), from the best of `starts` (grids by name). It stops before a step would take `spent()` (the
-    counter of sample-evaluations) past `budget` less what solving `reserve_rows` more draws once will cost (the
-    cost of a step is the largest one measured so far), after `max_iterations`, or when `patience` steps in a row
-    did not improve on the best pilot error. With `weights` (a stratified pilot) the error is
-    `weighted_relative_error`'s, the relative RMS error of the population the pilot stands for."""
+    of the times), from the best of `starts` (grids by name). A step that diverges or leaves the error above 1.5x
+    the best, or `plateau` steps in a row without a new best, send theta back to the best grid with half the step
+    size. It stops before a step would take `spent()` (the counter of sample-evaluations) past `budget` less what
+    solving `reserve_rows` more draws once will cost (the cost of a step is the largest one measured so far), after
+    `max_iterations`, or when the step size has been halved six times. With `weights` (a stratified pilot) the
+    error is `weighted_relative_error`'s, the relative RMS error of the population the pilot stands for."""
     initial_errors, before = {}, spent()
     for name, times in starts.items():
         initial_errors[name] = _pilot_error(sde, model, engine, x_T, reference, times, denoise, weights)
@@ -304,46 +305,44 @@ def fit_grid_by_gradient(
         raise NonFiniteError(f"{engine.name!r} diverged on every initial grid; check the model and the solver's options")
     best_times, best_error, history = starts[best_name], initial_errors[best_name], []
     theta = torch.tensor(log_snr_increments(sde, best_times), dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.Adam([theta], lr=lr)
+    step_size, optimiser = lr, torch.optim.Adam([theta], lr=lr)
     step_cost, since_best, iteration = 0, 0, 0
     w = torch.ones(len(x_T), dtype=reference.dtype, device=reference.device) if weights is None else weights.to(reference)
     w = w.reshape(-1, *([1] * (reference.ndim - 1)))
     norm = (w * reference.pow(2)).sum().sqrt()
-    while iteration < max_iterations and since_best < patience and spent() + step_cost <= budget - reserve:
-        before = spent()
+    while iteration < max_iterations and step_size > lr / 64 and spent() + step_cost <= budget - reserve:
+        before, iteration = spent(), iteration + 1
         with torch.enable_grad():
             times = log_snr_grid(sde, theta, t_min, t_max)
             try:
                 x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
+                error = (w * (x.to(reference.dtype) - reference).pow(2)).sum().sqrt() / norm
             except NonFiniteError:
-                x = None
-            error = (w * (x.to(reference.dtype) - reference).pow(2)).sum().sqrt() / norm if x is not None else None
-            if error is None or not torch.isfinite(error):
-                with torch.no_grad():  # back to the best grid with a shorter step
-                    theta.copy_(torch.as_tensor(log_snr_increments(sde, best_times)))
-                for group in optimiser.param_groups:
-                    group["lr"] /= 2
-                step_cost = max(step_cost, spent() - before)
-                iteration += 1
-                continue
-            (grad,) = torch.autograd.grad(error, theta)
-        error = float(error.detach())
-        history.append(error)
-        if error < best_error:
-            best_times, best_error, since_best = times.detach().clone(), error, 0
-        else:
-            since_best += 1
+                error = None
+            worse = error is None or not bool(error < 1.5 * best_error)  # NaN included
+            grad = None if worse else torch.autograd.grad(error, theta)[0]
+        step_cost = max(step_cost, spent() - before)
+        if not worse:
+            history.append(float(error.detach()))
+            if history[-1] < best_error:
+                best_times, best_error, since_best = times.detach().clone(), history[-1], 0
+            else:
+                since_best += 1
+        if worse or since_best >= plateau:  # back to the best grid, with half the step
+            step_size, since_best = step_size / 2, 0
+            with torch.no_grad():
+                theta.copy_(torch.as_tensor(log_snr_increments(sde, best_times)))
+            optimiser = torch.optim.Adam([theta], lr=step_size)
+            continue
         theta.grad = grad
         optimiser.step()
-        step_cost = max(step_cost, spent() - before)
-        iteration += 1
     return GradientFit(best_times, best_error, initial_errors, iteration, history)
 
 
 def _pilot_error(sde, model, engine, x_T, reference, times, denoise, weights=None) -> float:
     try:
         with torch.no_grad():
-                x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
+            x = sample(sde, model, engine, x_T=x_T, grid=times, denoise=denoise).x
     except NonFiniteError:
         return math.inf
     return relative_error(x, reference) if weights is None else weighted_relative_error(x, reference, weights)
