@@ -221,9 +221,9 @@ def test_the_cost_is_what_a_counting_wrapper_counts(gradient_calibration):
 
 def test_gradient_calibration_lowers_the_error_on_fresh_draws(gradient_calibration):
     """Judged on 512 fresh draws against DOP853 at 1e-10: at most a quarter of the better initial grid's error
-    (measured 0.0064 against 0.065 on log_snr and 0.13 on edm), and the held-out validation error within 1.3x of
-    the pilot error the fit reached and of the fresh draws' (measured 0.96x both; with 64 pilot draws it was 2.8x:
-    the fit over-fits a smaller pilot)."""
+    (measured 0.0031 against 0.065 on log_snr and 0.13 on edm), and the held-out validation error within 1.3x of
+    the pilot error the fit reached and of the fresh draws' (measured 1.01x and 1.06x; with 64 pilot draws and a
+    fixed step size it was 2.8x: the fit over-fits a smaller pilot)."""
     sde, mixture, cal, _ = gradient_calibration
     model = mixture.score_model(sde)
     x_T = sde.prior_sample((512, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -233,7 +233,7 @@ def test_gradient_calibration_lowers_the_error_on_fresh_draws(gradient_calibrati
         return relative_error(sd.sample(sde, model, "unipc", x_T=x_T, steps=STEPS, grid=grid, denoise=True).x, exact)
 
     fresh, initial = error(cal.times), min(error(name) for name in ("log_snr", "edm"))
-    assert fresh < 0.25 * initial
+    assert fresh < 0.25 * initial  # 1/21 measured
     assert cal.error < min(cal.initial_errors.values())
     assert cal.validation_error < 1.3 * cal.error and cal.validation_error < 1.3 * fresh
 

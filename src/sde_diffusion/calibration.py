@@ -18,7 +18,8 @@ fresh samples): trim 1% on 512 pilot draws, 20 switched samples, relative RMS 5.
 on 2048 draws, 3 switched, 2.2e-2 and 3.7e-3 (diffusers' DPM-Solver++(3M) on Karras sigmas: 9, 3.7e-2, 2.9e-3).
 
 Those trajectories are rare (about one in a thousand there at 20 NFE), so a pilot batch of a few thousand holds a
-handful, and the fit depends on which. `stratify=n` samples them on purpose (stratified sampling, as in survey
+handful, and the fit depends on which (the small pilot of the gradient method usually holds none: on that mixture it
+fits the bulk, not the switches; benchmarks/README.md). `stratify=n` samples them on purpose (stratified sampling, as in survey
 statistics): the pilot draws become a pool, screened by the solver's own error estimate (its output on the initial
 grid against the same with 4x the steps, no accurate solve needed); the fit uses the n/2 hardest and a uniform
 sample of n/2 of the rest, weighted by how many pool samples each stands for, so the objective still estimates the
@@ -27,12 +28,25 @@ squared error of a 2048-draw pool and the estimate's standard error is 0.004 of 
 (tests/test_calibration.py).
 
 The grid is parameterised by its log-SNR increments, lambda_i = lambda(T) + (lambda(t_min) - lambda(T)) *
-sum_{j <= i} w_j / sum_j w_j with w_j = exp(theta_j), so every theta is a strictly decreasing grid with the given end
-points; theta is searched by Powell's derivative-free method (scipy) from the log-SNR and the EDM (rho = 7) grids,
-and the better result is kept. Unlike LD3 nothing is back-propagated through the solver, so any registered
-deterministic solver and any model can be calibrated; the price is more solves of the pilot batch (each search is
-capped by `max_evaluations`). The calibration is a one-time cost per (model, solver, steps): its score evaluations
-are reported in `Calibration.nfe`, apart from the NFE of sampling with the grid.
+sum_{j <= i} w_j / sum_j w_j with w_j = exp(theta_j) (a softmax), so every theta is a strictly decreasing grid with
+the given end points. Two searches over theta:
+
+- `method="gradient"` (the default), as LD3 does: every coefficient of the deterministic solvers is a torch function
+  of alpha, sigma and log-SNR at the grid's times, so the solve is differentiable in theta, and Adam descends on the
+  pilot error from the better of the log-SNR and EDM grids, going back to the best grid with half the step after a
+  step that makes it worse or a plateau. The teacher is cheap (the adaptive Dormand-Prince pair in log-SNR at
+  1e-4, 75-81 evaluations per draw on the arena's EDM cases, an error of 3e-5 to 8e-5), the pilot batch small (64-512
+  draws), and the whole calibration (teacher, starts, descent, validation) stops within `budget` sample-evaluations
+  (rows x network calls, a backward pass counting as two, counted by `counting.SampleEvaluationCounter`): 100 000
+  by default, against 45-127 million for the Powell search below at the arena's settings.
+- `method="powell"`: Powell's derivative-free method (scipy) from each of the log-SNR and EDM grids, against DOP853
+  at 1e-9; any solver and any model, no gradients, but many more solves of the pilot batch (each search capped by
+  `max_evaluations`); `trim` is for it alone.
+
+Both judge the fitted grid once on `validation` held-out prior draws (their own teacher solve):
+`Calibration.validation_error`, beside the pilot error `Calibration.error`, shows whether the fit over-fitted its
+pilot. The calibration is a one-time cost per (model, solver, steps), reported apart from the NFE of sampling with
+the grid: `Calibration.cost` in sample-evaluations and `Calibration.nfe` in batched calls.
 """
 
 from __future__ import annotations
@@ -187,8 +201,11 @@ def calibrate_grid(
 
     `method="powell"` is the derivative-free search: one Powell search from each initial grid, of at most
     `max_evaluations` solves (default 1500), against scipy's DOP853 at `reference_tol` (default 1e-9 in float64,
-    1e-6 in lower precisions); `trim` and `stratify=n` (fit on n pool draws stratified by `stratified_pilot`, whose
-    screening evaluates each pool draw 5 * steps times, + 2 with `denoise`) apply to it alone. `budget` does not bind it.
+    1e-6 in lower precisions); `trim` applies to it alone, and `budget` does not bind it.
+
+    `stratify=n` (either method) fits on n of the pilot draws, stratified by `stratified_pilot`; its screening
+    evaluates each draw 5 * steps times (Powell: against 4x the steps) or 3 * steps times (gradient: 2x), + 2 with
+    `denoise`.
 
     `Calibration.cost` is the work counted by a `SampleEvaluationCounter` on the network, whichever the method.
     """
