@@ -3,13 +3,14 @@
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `OUSDE`, `CosineVPSDE`, `EDMSDE`, or any `LinearSDE` built from
 its coefficients), the reverse SDE and probability flow, score models in any parameterisation, exact
 Gaussian-mixture ground truth, every solver behind one `sample` call, time grids calibrated to a solver and a
-model (`calibrate_grid`), exact likelihoods (`likelihood`), and
+model (`calibrate_grid`) and a solver tuned to it (`autotune`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
 from . import (
     adapters,
     analytic,
+    autotuning,
     calibration,
     data,
     discrete,
@@ -21,6 +22,7 @@ from . import (
     training,
 )
 from .analytic import GaussianMixture
+from .autotuning import Autotuned, autotune
 from .calibration import Calibration, calibrate_grid
 from .reverse import ReverseSDE
 from .sampling import sample
@@ -35,6 +37,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "calibrate_grid", "Calibration", "autotune", "Autotuned", "adapters", "analytic", "autotuning", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
     "schedules", "solvers", "training",
 ]

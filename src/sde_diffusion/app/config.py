@@ -28,6 +28,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 # Keys of a solver node that the app reads itself (the time grid), not options of the solver.
 SAMPLING_KEYS = ("steps", "grid")
+AUTO_SOLVER = "sde_diffusion.autotuning.AutoSolver"  # conf/solver/auto.yaml: tuned to the model for sample.nfe
 
 
 class ConfigError(ValueError):
@@ -66,12 +67,15 @@ class TrainConfig:
 @dataclass
 class CalibrationConfig:
     """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
-    (`sde_diffusion.calibrate_grid`), on `pilot` prior draws, each Powell search capped at `max_evaluations`.
+    (`sde_diffusion.calibrate_grid`) on `pilot` prior draws, by `method`: `gradient` (descent through the solve,
+    at most `budget` sample-evaluations in all) or `powell` (each Powell search capped at `max_evaluations`; `trim`).
     With `pool`, the pilot batch is stratified from that many draws (`calibrate_grid(stratify=pilot)`): its hardest
     half by screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the
     error (separated modes)."""
 
-    pilot: int = 1024
+    method: str = "gradient"
+    budget: int = 100_000
+    pilot: int = 128
     max_evaluations: int = 1500
     trim: float = 0.0
     pool: int | None = None
@@ -82,7 +86,8 @@ class SampleConfig:
     """How many samples to draw with each solver in `solvers`, and from which checkpoint (sde-sample)."""
 
     n: int = 2000
-    steps: int | None = None  # overrides every solver's own `steps`
+    steps: int | None = None  # the steps of a single-solver run (a sweep); refused with several solvers
+    nfe: int | None = None  # the evaluation budget of solver=auto (conf/solver/auto.yaml), denoising included
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: str | None = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True

@@ -19,10 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import metrics as M
+from ..autotuning import AutoSolver
 from ..calibration import calibrate_grid
 from ..sampling import sample as draw_samples
 from ..score import ScoreModel
 from ..solvers import Solver, get_grid
+from ..solvers import get as get_solver
 from ..training import CheckpointError, DSMLoss, Trainer, list_checkpoints, load_checkpoint
 from ..training.checkpoint import load_module_state
 from . import outputs
@@ -38,7 +40,7 @@ CALIBRATED = "calibrated"
 class Sampler:
     """A configured solver and its time grid (`steps`, `grid`; None: the solver's or SDE's default)."""
 
-    solver: Solver
+    solver: Solver | AutoSolver
     steps: int | None
     grid: str | None
 
@@ -97,6 +99,11 @@ def build(cfg: DictConfig) -> Built:
     for name, node in resolved["solvers"].items():
         options = {k: v for k, v in node.items() if k not in SAMPLING_KEYS}
         solver = _instantiate(options, f"solvers.{name}")
+        if isinstance(solver, AutoSolver):
+            if resolved["sample"]["nfe"] is None or resolved["sample"]["nfe"] < 1:
+                raise ConfigError(f"solvers.{name} is solver=auto: give its NFE budget, sample.nfe=10 for instance")
+            samplers[name] = Sampler(solver, None, None)
+            continue
         if not isinstance(solver, Solver):
             raise ConfigError(f"solvers.{name}: _target_ {node['_target_']} built a {type(solver).__name__}, not a "
                               "sde_diffusion.solvers.Solver (subclass Solver, with init and step)")
@@ -140,22 +147,37 @@ def _checked_grid(grid, solver, key: str):
 def _calibrated_times(built: Built, score: ScoreModel, sampler: Sampler, seed: int) -> tuple[torch.Tensor, dict]:
     """The grid of `sampler` fitted to `score` (sde_diffusion.calibrate_grid), and what the calibration measured."""
     c, s = built.config["sample"]["calibration"], built.config["sample"]
-    steps = sampler.steps if sampler.steps is not None else sampler.solver.default_steps
+    solver = sampler.solver
+    assert isinstance(solver, Solver), "a calibrated grid is checked at build to belong to a fixed-step solver"
+    steps = sampler.steps if sampler.steps is not None else solver.default_steps
     generator = torch.Generator(device=built.device).manual_seed(seed + 2)
     start = time.perf_counter()
+    search = dict(max_evaluations=c["max_evaluations"], trim=c["trim"]) if c["method"] == "powell" else dict(budget=c["budget"])
     result = calibrate_grid(
-        built.sde, score, sampler.solver, steps, shape=(c["pool"] or c["pilot"], *built.data.shape), generator=generator,
-        device=built.device, denoise=s["denoise"], max_evaluations=c["max_evaluations"], trim=c["trim"],
-        stratify=c["pilot"] if c["pool"] else None,
+        built.sde, score, solver, steps, shape=(c["pool"] or c["pilot"], *built.data.shape), generator=generator,
+        device=built.device, denoise=s["denoise"], method=c["method"], stratify=c["pilot"] if c["pool"] else None, **search,
     )
     info = {"times": result.times.tolist(), "pilot_error": result.error, "initial_errors": result.initial_errors,
-            "evaluations": result.evaluations, "nfe": result.nfe, "wall_time_s": time.perf_counter() - start}
+            "evaluations": result.evaluations, "nfe": result.nfe, "cost": result.cost,
+            "validation_error": result.validation_error, "wall_time_s": time.perf_counter() - start}
     log.info("calibrated the %d-step grid of %s on %d pilot draws%s: error %.3g (log_snr %.3g, edm %.3g), %d batched "
              "evaluations, %.1f s", steps, sampler.solver.name, c["pilot"],
              f" stratified from {c['pool']}" if c["pool"] else "", result.error,
              result.initial_errors.get("log_snr", math.nan), result.initial_errors.get("edm", math.nan), result.nfe,
              info["wall_time_s"])
     return result.times, info
+
+
+def _autotuned(built: Built, score: ScoreModel, auto: AutoSolver, seed: int) -> tuple[Sampler, torch.Tensor, dict]:
+    """solver=auto: the sampler and grid `autotune` chose for `sample.nfe` on `score`, and what it measured."""
+    with torch.enable_grad():
+        tuned = auto.tune(built.sde, score, built.config["sample"]["nfe"], built.data.shape, seed + 3, built.device)
+    info = {"solver": tuned.solver, "options": tuned.options, "times": tuned.times.tolist(), "cost": tuned.cost,
+            "validation_error": tuned.validation_error, "from_cache": tuned.from_cache, "candidates": tuned.candidates}
+    log.info("autotuned for %d NFE: %s %s on a %d-step calibrated grid, validation error %.3g, %d sample-evaluations%s",
+             built.config["sample"]["nfe"], tuned.solver, tuned.options, tuned.steps, tuned.validation_error,
+             tuned.cost, " (from the cache)" if tuned.from_cache else "")
+    return Sampler(get_solver(tuned.solver, **tuned.options), None, None), tuned.times, info
 
 
 # -- train ------------------------------------------------------------------------------------------------------------
@@ -240,17 +262,21 @@ def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = Non
             extra: dict[str, Any] = {}
             if grid == CALIBRATED:
                 grid, extra["calibration"] = _calibrated_times(built, score, sampler, seed)
+            if isinstance(sampler.solver, AutoSolver):
+                sampler, grid, extra["autotune"] = _autotuned(built, score, sampler.solver, seed)
+            solver = sampler.solver
+            assert isinstance(solver, Solver), "solver=auto was replaced by the solver it chose"
             generator = torch.Generator(device=built.device).manual_seed(seed + 1)
             start = time.perf_counter()
             result = draw_samples(
-                built.sde, score, sampler.solver, shape=(s["n"], *built.data.shape), steps=sampler.steps,
+                built.sde, score, solver, shape=(s["n"], *built.data.shape), steps=sampler.steps,
                 grid=grid, denoise=s["denoise"], generator=generator, progress=s["progress"], device=built.device,
             )
             seconds = time.perf_counter() - start
             results[name] = {"x": result.x.detach().cpu(), "nfe": int(result.nfe), "wall_time_s": seconds,
-                             "solver": sampler.solver.name, "steps": sampler.steps, "grid": sampler.grid, **extra}
-            steps = "adaptive" if sampler.solver.adaptive else f"{sampler.steps or sampler.solver.default_steps} steps"
-            log.info("sampled %d with %s (slot %s, %s): NFE %d, %.2f s", s["n"], sampler.solver.name, name, steps,
+                             "solver": solver.name, "steps": sampler.steps, "grid": sampler.grid, **extra}
+            steps = "adaptive" if solver.adaptive else f"{sampler.steps or solver.default_steps} steps"
+            log.info("sampled %d with %s (slot %s, %s): NFE %d, %.2f s", s["n"], solver.name, name, steps,
                      result.nfe, seconds)
     return results
 
@@ -327,7 +353,7 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         report["data_log_prob"] = float(mixture.log_prob(ref.double()).mean())
     for name, r in samples.items():
         x = r["x"][:n]
-        row = {k: r[k] for k in ("solver", "steps", "grid", "nfe", "wall_time_s", "calibration") if k in r}
+        row = {k: r[k] for k in ("solver", "steps", "grid", "nfe", "wall_time_s", "calibration", "autotune") if k in r}
         row["finite"] = bool(torch.isfinite(x).all())
         for metric, fn in fns.items():
             row[metric], row[metric + "_stderr"] = distance(x, fn) if row["finite"] else (float("nan"), float("nan"))

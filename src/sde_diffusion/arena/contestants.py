@@ -185,7 +185,8 @@ class Calibrated(Contestant):
             calibration = calibrate_grid(
                 sde, ScoreModel(model.network, sde, model.prediction), self.name, steps, t_min=t_min,
                 shape=(self.pool or self.pilot, *like.shape[1:]), stratify=self.pilot if self.pool else None,
-                generator=g, dtype=like.dtype, device=like.device, max_evaluations=self.max_evaluations, **self.options,
+                generator=g, dtype=like.dtype, device=like.device, method="powell", max_evaluations=self.max_evaluations,
+                **self.options,
             )
             grids[steps] = calibration.times
             self.calibration_nfe[steps] = calibration.nfe
