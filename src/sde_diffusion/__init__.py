@@ -7,9 +7,10 @@ model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
-from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
+from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, noise, schedules, solvers, training
 from .analytic import GaussianMixture
 from .calibration import Calibration, calibrate_grid
+from .noise import SeededNoise
 from .reverse import ReverseSDE
 from .sampling import sample
 from .score import PREDICTIONS, ScoreModel
@@ -23,6 +24,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
-    "schedules", "solvers", "training",
+    "calibrate_grid", "Calibration", "SeededNoise", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "noise", "schedules", "solvers", "training",
 ]
