@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..training import CheckpointError
-from . import jobs
+from ..training import CheckpointError, distributed
+from . import jobs, parallel
 from .config import ConfigError, register
 
 log = logging.getLogger("sde_diffusion")
@@ -36,7 +36,8 @@ def set_threads(threads) -> None:
 
 
 def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
-    out = Path(HydraConfig.get().runtime.output_dir)
+    ctx = distributed.context()
+    out = parallel.shared_folder(Path(HydraConfig.get().runtime.output_dir), ctx)  # rank 0's, on every rank
     try:
         set_threads(cfg.get("threads", 1))
         job(cfg, out)
@@ -44,7 +45,8 @@ def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    print(f"outputs written to {out}")
+    if ctx.is_main:
+        print(f"outputs written to {out}")
 
 
 def _entry(job: Callable[[DictConfig, Path], dict]) -> Callable[[], None]:
@@ -52,7 +54,7 @@ def _entry(job: Callable[[DictConfig, Path], dict]) -> Callable[[], None]:
     def main(cfg: DictConfig) -> None:
         _run(job, cfg)
 
-    return main
+    return lambda: parallel.launch(main)  # under torchrun: join the group first (app/parallel.py)
 
 
 run = _entry(jobs.run_main)

@@ -80,6 +80,8 @@ class SampleConfig:
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: Optional[str] = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
+    batch_size: Optional[int] = None  # samples per solver call on each rank (null: a rank's whole shard at once)
+    batch_invariant: bool = True  # evaluate the network so that a sample's output ignores its batch (networks/invariant.py)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
@@ -93,6 +95,15 @@ class EvaluateConfig:
     ground_truth: bool = True  # for Gaussian-mixture data: also sample with the exact score, and log p of samples
     samples: Optional[str] = None  # sde-evaluate: a samples.npz (or a run directory holding one) to evaluate
     likelihood_n: int = 500  # sde-likelihood: data points (fresh draws, or the first of the test split)
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (app/tracking.py), rank 0 only: conf/logger/{tensorboard,csv,none}.yaml."""
+
+    kind: str = "none"  # tensorboard (event files in <run>/tensorboard), csv (<run>/log.csv) or none
+    eval_every: int = 0  # training steps between evaluation-hook calls (0: none): metrics and a sample plot
+    eval_samples: int = 256  # samples the hook draws with the first configured solver
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register() -> None:
