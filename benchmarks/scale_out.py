@@ -4,10 +4,10 @@ Each configuration runs in fresh processes launched with `python -m torch.distri
 this script's worker mode, so the numbers include what a real run pays: DDP's gradient all-reduce, the sharded
 sampling by sample index under per-sample seeds, the gather on rank 0, and the batch-invariant network evaluation
 (`--variant` runs with it off too, to show its cost). Training: `--train-steps` steps at a batch of
-`--batch` per process (so 2 processes train on twice the examples per step). Sampling: `--samples` samples with
+`--batch` per process (`--digits-batch` for the U-Net) (so 2 processes train on twice the examples per step). Sampling: `--samples` samples with
 Euler-Maruyama (100 steps for the MLP, 20 for the U-Net) from rank 0's weights, wall time to the gathered result.
 
-    PYTHONPATH=src python benchmarks/scale_out.py [--train-steps 200 --samples 2000 --digits-samples 64]
+    PYTHONPATH=src python benchmarks/scale_out.py [--train-steps 200 --samples 2000 --digits-samples 64 --variant]
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, kind: str, steps: int, samples: int, args, invariant: bool) -> dict:
+def launch(world: int, kind: str, steps: int, samples: int, batch: int, args, invariant: bool) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), __file__, "--worker",
-               "--kind", kind, "--batch", str(args.batch), "--train-steps", str(args.train_steps),
+               "--kind", kind, "--batch", str(batch), "--train-steps", str(args.train_steps),
                "--samples", str(samples), "--sample-steps", str(steps)] + (["--invariant"] if invariant else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--digits-samples", type=int, default=64)
+    parser.add_argument("--digits-batch", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=100)
     parser.add_argument("--invariant", action="store_true")
     parser.add_argument("--variant", action="store_true", help="also sample without batch-invariant evaluation")
@@ -114,10 +115,12 @@ def main() -> None:
     rows = []
     for name, spec in MODELS.items():
         samples = args.samples if spec["kind"] == "mlp" else args.digits_samples
+        batch = args.batch if spec["kind"] == "mlp" else args.digits_batch
         for invariant in ((True, False) if args.variant else (True,)):
             for world in (1, 2):
-                result = launch(world, spec["kind"], spec["steps"], samples, args, invariant)
-                rows.append({"model": name, "processes": world, "batch_invariant": invariant, **result})
+                result = launch(world, spec["kind"], spec["steps"], samples, batch, args, invariant)
+                rows.append({"model": name, "processes": world, "batch_per_process": batch, "samples": samples,
+                             "batch_invariant": invariant, **result})
                 print(f"{name:28s} {world} proc  invariant={invariant!s:5s}  train {result['train_steps_per_s']:7.1f} "
                       f"steps/s ({result['train_examples_per_s']:8.0f} ex/s)  sample {result['samples_per_s']:8.1f} "
                       "samples/s", flush=True)

@@ -133,3 +133,16 @@ def test_a_rank_failing_mid_run_stops_the_others_and_leaves_nothing_half_written
     folder = tmp_path / "run"
     assert not (folder / "samples.npz").exists() and not (folder / "metrics.json").exists()
     assert not list(folder.rglob("*.tmp"))
+
+
+def test_slurm_variables_map_to_torch_distributed():
+    from sde_diffusion.app.parallel import first_host, slurm_environment
+
+    assert first_host("gpu[07-09,12],cpu3") == "gpu07" and first_host("node1,node2") == "node1"
+    assert first_host("a[3]") == "a3" and first_host("solo") == "solo"
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
+           "SLURM_JOB_ID": "123456"}
+    assert slurm_environment(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
+                                      "MASTER_PORT": str(20000 + 123456 % 20000)}
+    assert slurm_environment({**env, "WORLD_SIZE": "8"}) == {}  # torchrun inside the allocation sets its own
+    assert slurm_environment({**env, "SLURM_NTASKS": "1"}) == {}

@@ -260,8 +260,9 @@ def score_from_checkpoint(built: Built, file: Path) -> ScoreModel:
 
 # -- sample -----------------------------------------------------------------------------------------------------------
 def sample_seed(seed: int) -> int:
-    """The seed of sample 0 of a run with `seed`; sample i has sample_seed(seed) + i."""
-    return int(seed) * 2**32
+    """The seed of sample 0 of a run with `seed`: (seed mod 2^31) 2^32, so that runs with different seeds draw disjoint
+    streams for up to 2^32 samples; sample i has sample_seed(seed) + i."""
+    return (int(seed) % 2**31) * 2**32
 
 
 def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = None) -> dict[str, dict]:

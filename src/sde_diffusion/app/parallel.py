@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -52,9 +53,34 @@ def timeout_s() -> float:
     return seconds
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: "gpu[07-09,12],cpu3" -> "gpu07" (what `scontrol show hostnames` lists
+    first)."""
+    prefix, ranges = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist).groups()
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def slurm_environment(env: dict[str, str]) -> dict[str, str]:
+    """torch.distributed's variables from Slurm's, for one task of `srun` (one process per task, as submitit
+    does): RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the first
+    host of SLURM_JOB_NODELIST, MASTER_PORT = 20000 + SLURM_JOB_ID mod 20000 (unless already set). Empty outside
+    a multi-task Slurm step, or when WORLD_SIZE is already set (torchrun inside the allocation)."""
+    if "WORLD_SIZE" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return {}
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodes:
+        raise LaunchError("a Slurm step with SLURM_NTASKS > 1 but no SLURM_JOB_NODELIST: cannot find the master host")
+    return {
+        "RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": env.get("MASTER_ADDR", first_host(nodes)),
+        "MASTER_PORT": env.get("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)),
+    }
+
+
 def join() -> DistributedContext:
-    """Join the group torchrun describes (WORLD_SIZE > 1), or the single-process context; a LaunchError naming
-    the master and the timeout when the others cannot be reached."""
+    """Join the group torchrun (or a multi-task Slurm step, `slurm_environment`) describes, or the single-process
+    context; a LaunchError naming the master and the timeout when the others cannot be reached."""
+    os.environ.update(slurm_environment(dict(os.environ)))
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return distributed.init_distributed()
     seconds = timeout_s()
