@@ -78,6 +78,22 @@ def worker(args) -> None:
     shutdown()
 
 
+def seeded_noise_cost(n: int, steps: int = 100, repeats: int = 3) -> dict:
+    """What per-sample seeds cost: Euler-Maruyama on an exact mixture score (no network), one generator for the
+    batch against one per sample; the best of `repeats` wall times."""
+    sde = sd.VPSDE()
+    model = sd.GaussianMixture.ring(8).score_model(sde)
+    timings = {}
+    for name, kw in (("generator", {"generator": torch.Generator().manual_seed(0)}), ("seeds", {"seeds": range(n)})):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            sd.sample(sde, model, "euler_maruyama", shape=(n, 2), steps=steps, **kw)
+            best = min(best, time.perf_counter() - start)
+        timings[name] = best
+    return timings
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -112,6 +128,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    torch.set_num_threads(1)
+    noise = seeded_noise_cost(args.samples)
+    print(f"per-sample seeds, {args.samples} samples x 100 Euler-Maruyama steps, exact score: "
+          f"{noise['generator']:.2f} s with one generator, {noise['seeds']:.2f} s with one per sample", flush=True)
     rows = []
     for name, spec in MODELS.items():
         samples = args.samples if spec["kind"] == "mlp" else args.digits_samples
@@ -125,7 +145,7 @@ def main() -> None:
                       f"steps/s ({result['train_examples_per_s']:8.0f} ex/s)  sample {result['samples_per_s']:8.1f} "
                       "samples/s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"cores": os.cpu_count(), "seeded_noise_s": noise, "rows": rows}, indent=2))
     print(f"\n| model | processes | batch-invariant | train steps/s | train examples/s | samples/s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['processes']} | {r['batch_invariant']} | {r['train_steps_per_s']:.1f} | "

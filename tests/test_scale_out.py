@@ -146,3 +146,22 @@ def test_slurm_variables_map_to_torch_distributed():
                                       "MASTER_PORT": str(20000 + 123456 % 20000)}
     assert slurm_environment({**env, "WORLD_SIZE": "8"}) == {}  # torchrun inside the allocation sets its own
     assert slurm_environment({**env, "SLURM_NTASKS": "1"}) == {}
+
+
+@pytest.mark.slow
+def test_sharded_likelihood_gathers_every_point(two_rank_run, tmp_path):
+    """The NLL job shards the data points over the ranks and gathers their log-likelihoods: the same points and
+    mean as one process, to the ODE solver's tolerance (each shard is one solve_ivp system, so its steps differ)."""
+    import json
+
+    root, _ = two_rank_run
+    trained = only_folder(root / "runs")
+    job = ["-m", "sde_diffusion.app.cli", "likelihood", *TINY, f"sample.checkpoint={trained}",
+           "evaluate.likelihood_n=21", "likelihood.rtol=1e-4", "likelihood.atol=1e-4"]
+    two = torchrun(*job, f"hydra.run.dir={tmp_path}/two", cwd=tmp_path)
+    one = one_process(*job, f"hydra.run.dir={tmp_path}/one", cwd=tmp_path)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-2000:] + one.stderr[-2000:]
+    a, b = (json.loads((tmp_path / name / "metrics.json").read_text())["likelihood"] for name in ("two", "one"))
+    assert a["ranks"] == 2 and b["ranks"] == 1 and a["n"] == b["n"] == 21
+    assert a["nll"] == pytest.approx(b["nll"], rel=1e-3, abs=1e-3)
+    assert a["exact_nll"] == b["exact_nll"]
