@@ -119,7 +119,7 @@ def test_step_overrides_apply_to_the_solver_they_name():
         jobs.build(cfg_of("data.n=10", "sample.steps=20"))
     built = jobs.build(cfg_of("data.n=10", "solver@solvers.pf_ode=dpm_solver_pp_2m", "solvers.pf_ode.steps=12"))
     assert built.samplers["pf_ode"].steps == 12 and built.samplers["pc"].steps == 500
-    with pytest.raises(ConfigError, match=r"solvers\.pf_ode\.steps=10: scipy is adaptive and chooses its own steps"):
+    with pytest.raises(ConfigError, match=r"solvers\.pf_ode\.steps=10: dopri5 is adaptive and chooses its own steps"):
         jobs.build(cfg_of("data.n=10", "solvers.pf_ode.steps=10"))
 
 

@@ -17,6 +17,7 @@ from . import (
     likelihood,
     metrics,
     networks,
+    noise,
     schedules,
     solvers,
     training,
@@ -24,6 +25,7 @@ from . import (
 from .analytic import GaussianMixture
 from .autotuning import Autotuned, autotune
 from .calibration import Calibration, calibrate_grid
+from .noise import SeededNoise
 from .reverse import ReverseSDE
 from .sampling import sample
 from .schedules import DiscreteScheduleSDE, MarginalLinearSDE, RectifiedFlowSDE
@@ -37,6 +39,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "autotune", "Autotuned", "adapters", "analytic", "autotuning", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
-    "schedules", "solvers", "training",
+    "calibrate_grid", "Calibration", "autotune", "Autotuned", "SeededNoise", "adapters", "analytic", "autotuning", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "noise", "schedules", "solvers", "training",
 ]

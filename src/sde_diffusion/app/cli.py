@@ -17,8 +17,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..training import CheckpointError
-from . import jobs
+from ..training import CheckpointError, distributed
+from . import jobs, parallel
 from .config import ConfigError, register
 
 log = logging.getLogger("sde_diffusion")
@@ -37,8 +37,9 @@ def set_threads(threads) -> None:
 
 
 def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | None:
-    """Run `job` in Hydra's output folder; return its objective (`jobs.objective`) for a sweeper."""
-    out = Path(HydraConfig.get().runtime.output_dir)
+    """Run `job` in Hydra's output folder (rank 0's, on every rank); return its objective (`jobs.objective`)."""
+    ctx = distributed.context()
+    out = parallel.shared_folder(Path(HydraConfig.get().runtime.output_dir), ctx)  # rank 0's, on every rank
     try:
         set_threads(cfg.get("threads", 1))
         metrics = job(cfg, out)
@@ -47,7 +48,8 @@ def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | No
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None  # the message is the whole report
-    print(f"outputs written to {out}")
+    if ctx.is_main:
+        print(f"outputs written to {out}")
     return value
 
 
@@ -66,7 +68,7 @@ def _entry(job: Callable[[DictConfig, Path], dict], name: str) -> Callable[[], f
 
     def entry() -> float | None:
         sys.argv[:] = with_job_name(sys.argv, name)
-        return main()
+        return parallel.launch(main)  # under torchrun: join the group first (app/parallel.py)
 
     entry.__doc__ = f"The `{name}` job ({job.__doc__ or job.__name__})."
     return entry

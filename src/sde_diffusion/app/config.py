@@ -91,6 +91,8 @@ class SampleConfig:
     denoise: bool = True  # the final Tweedie step E[x_0 | x_t_min] (one more NFE)
     checkpoint: str | None = None  # a run directory (its checkpoints/ and .hydra/config.yaml) or a .pt file
     progress: bool = True
+    batch_size: int | None = None  # samples per solver call on each rank (null: a rank's whole shard at once)
+    batch_invariant: bool = True  # evaluate the network so that a sample's output ignores its batch (networks/invariant.py)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
@@ -116,6 +118,15 @@ class PathsConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment tracking (app/tracking.py), rank 0 only: conf/logger/{tensorboard,csv,none}.yaml."""
+
+    kind: str = "none"  # tensorboard (event files in <run>/tensorboard), csv (<run>/log.csv) or none
+    eval_every: int = 0  # training steps between evaluation-hook calls (0: none): metrics and a sample plot
+    eval_samples: int = 256  # samples the hook draws with the first configured solver
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -137,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .. import metrics as M
 from ..autotuning import AutoSolver
 from ..calibration import calibrate_grid
+from ..networks import batch_invariant
 from ..sampling import sample as draw_samples
 from ..score import ScoreModel
 from ..solvers import Solver, get_grid
 from ..solvers import get as get_solver
-from ..training import CheckpointError, DSMLoss, Trainer, list_checkpoints, load_checkpoint
+from ..training import CheckpointError, DSMLoss, Trainer, distributed, list_checkpoints, load_checkpoint
 from ..training.checkpoint import load_module_state
-from . import outputs
+from . import outputs, parallel, tracking
 from .config import SAMPLING_KEYS, ConfigError, validate
 
 log = logging.getLogger("sde_diffusion")
@@ -67,6 +69,9 @@ def _instantiate(node, key: str, **kwargs):
 
 
 def resolve_device(name: str) -> torch.device:
+    ctx = distributed.context()
+    if ctx.distributed and name in ("auto", "cuda") and ctx.device.type == "cuda":
+        return ctx.device  # one GPU per process under torchrun: cuda:LOCAL_RANK
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -113,6 +118,9 @@ def build(cfg: DictConfig) -> Built:
             raise ConfigError(f"{key}={steps}: {solver.name} is adaptive and chooses its own steps; set it to null "
                               "(and bound the work with the solver's tolerances or max_nfe)")
         samplers[name] = Sampler(solver, steps, _checked_grid(node.get("grid"), solver, f"solvers.{name}.grid"))
+    batch = resolved["sample"]["batch_size"]
+    if batch is not None and not (isinstance(batch, int) and batch >= 1):
+        raise ConfigError(f"sample.batch_size must be a positive integer or null (a rank's whole shard); got {batch!r}")
     if any(sampler.grid == CALIBRATED for sampler in samplers.values()):
         _check_calibration(resolved["sample"]["calibration"])
     return Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
@@ -189,6 +197,7 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
         raise ConfigError(f"train.loss must build a DSMLoss; got {type(loss).__name__}")
     if t["lr_schedule"] not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be constant or cosine; got {t['lr_schedule']!r}")
+    tracker = tracking.make_logger(built.config["logger"], out, distributed.context())
     trainer = Trainer(
         built.network, loss, built.data,
         batch_size=t["batch_size"], lr=t["lr"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
@@ -197,16 +206,23 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
         precision=t["precision"], compile=t["compile"], checkpoint_dir=out / "checkpoints",
         checkpoint_every=t["checkpoint_every"], keep_checkpoints=t["keep_checkpoints"], resume=t["resume"],
         log_every=t["log_every"], progress=built.config["sample"]["progress"],
+        on_log=lambda record: tracker.log_scalars(record["step"], record, "train" if "loss" in record else "eval"),
+        eval_every=built.config["logger"]["eval_every"], eval_fn=evaluation_hook(built, tracker),
     )
     log.info("training %s on %s (%d examples) with %s for %d steps on %s", type(built.network).__name__,
              built.data.name, len(built.data), built.sde, t["steps"], built.device)
     start = time.perf_counter()
-    history = trainer.train(t["steps"])
+    try:
+        history = trainer.train(t["steps"])
+    finally:
+        tracker.close()
     seconds = time.perf_counter() - start
     losses = [r["loss"] for r in history if "loss" in r]
     summary = {"steps": trainer.step, "wall_time_s": seconds, "final_loss": losses[-1] if losses else None,
                "parameters": sum(p.numel() for p in built.network.parameters())}
-    log.info("trained to step %d in %.1f s (last logged loss %s)", trainer.step, seconds, summary["final_loss"])
+    summary["weights_sha256"] = weights_fingerprint(trainer.model)
+    log.info("trained to step %d in %.1f s (last logged loss %s) on %d rank(s); weights sha256 %s", trainer.step,
+             seconds, summary["final_loss"], distributed.context().world_size, summary["weights_sha256"])
     return trainer.score_model(ema=True), {"summary": summary, "history": history}
 
 
@@ -216,6 +232,48 @@ def _saved_config(path: Path) -> DictConfig:
     if not isinstance(saved, DictConfig):
         raise ConfigError(f"{path} holds a YAML list, not the config of a run")
     return saved
+
+
+def evaluation_hook(built: Built, tracker) -> Callable | None:
+    """The trainer's evaluation hook (`logger.eval_every` > 0; run on rank 0 only, so it samples locally): draw
+    `logger.eval_samples` with the first configured solver from the EMA weights (seeds 0..n-1), their sliced
+    Wasserstein distance to fresh data; on TensorBoard also a plot of them."""
+    node = built.config["logger"]
+    if not node["eval_every"]:
+        return None
+    if not (isinstance(node["eval_samples"], int) and node["eval_samples"] >= 2):
+        raise ConfigError(f"logger.eval_samples must be an integer >= 2; got {node['eval_samples']!r}")
+    name, sampler = next(iter(built.samplers.items()))
+    n, seed = node["eval_samples"], built.config["seed"]
+    _, ref = reference(built, n, seed)
+    fn = _metric_fns(["sliced_wasserstein"], math.prod(built.data.shape), 64, seed)["sliced_wasserstein"]
+
+    solver = sampler.solver
+    if not isinstance(solver, Solver):
+        raise ConfigError(f"logger.eval_every: the evaluation hook samples with the first solver, {name}, which is "
+                          "solver=auto (tuned only after training); put a fixed solver first")
+
+    def hook(trainer) -> dict:
+        with torch.no_grad():
+            x = draw_samples(built.sde, trainer.score_model(ema=True), solver, shape=(n, *built.data.shape),
+                             steps=sampler.steps, grid=None if sampler.grid == CALIBRATED else sampler.grid,
+                             denoise=built.config["sample"]["denoise"], seeds=range(n), device=built.device).x.cpu()
+        if isinstance(tracker, tracking.TensorBoardLogger):
+            tracker.log_figure(trainer.step, f"samples/{name}", outputs.samples_figure({name: x}, ref, built.data.shape))
+        return {f"{name}_sliced_wasserstein": fn(x, ref[:len(x)])}
+
+    return hook
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers, bit for bit (under DDP every rank logs its own: they agree)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_run(cfg: DictConfig, checkpoint: str | None) -> tuple[DictConfig, Path]:
@@ -251,33 +309,52 @@ def score_from_checkpoint(built: Built, file: Path) -> ScoreModel:
 
 
 # -- sample -----------------------------------------------------------------------------------------------------------
+def sample_seed(seed: int) -> int:
+    """The seed of sample 0 of a run with `seed`: (seed mod 2^31) 2^32, so that runs with different seeds draw disjoint
+    streams for up to 2^32 samples; sample i has sample_seed(seed) + i."""
+    return (int(seed) % 2**31) * 2**32
+
+
 def sample_all(built: Built, score: ScoreModel, generator_seed: int | None = None) -> dict[str, dict]:
-    """Draw `sample.n` samples with every configured sampler from the same seed; x, NFE and wall time each."""
-    s = built.config["sample"]
+    """Draw `sample.n` samples with every configured sampler, sample i from its own seed sample_seed(seed) + i
+    (`sample(..., seeds=...)`): under torchrun each rank draws its shard and every rank gets the gathered set, the
+    same bit for bit as one process with any `sample.batch_size` (with `sample.batch_invariant`, which evaluates the
+    network so that no sample's rounding depends on its batch). x, NFE per sample, network calls, wall time."""
+    s, ctx = built.config["sample"], distributed.context()
     seed = built.config["seed"] if generator_seed is None else generator_seed
+    if s["batch_invariant"] and isinstance(score.network, torch.nn.Module):
+        score = ScoreModel(batch_invariant(score.network), score.sde, score.prediction)
     results = {}
     with torch.no_grad():
         for name, sampler in built.samplers.items():
             grid: str | torch.Tensor | None = sampler.grid
             extra: dict[str, Any] = {}
-            if grid == CALIBRATED:
-                grid, extra["calibration"] = _calibrated_times(built, score, sampler, seed)
-            if isinstance(sampler.solver, AutoSolver):
-                sampler, grid, extra["autotune"] = _autotuned(built, score, sampler.solver, seed)
+            if grid == CALIBRATED:  # once, on rank 0, and broadcast
+                fitted = _calibrated_times(built, score, sampler, seed) if ctx.is_main else None
+                times, extra["calibration"] = parallel.broadcast(fitted, ctx)
+                grid = times.to(built.device)
+            if isinstance(sampler.solver, AutoSolver):  # once, on rank 0, and broadcast
+                tuned = _autotuned(built, score, sampler.solver, seed) if ctx.is_main else None
+                sampler, grid, extra["autotune"] = parallel.broadcast(tuned, ctx)
             solver = sampler.solver
             assert isinstance(solver, Solver), "solver=auto was replaced by the solver it chose"
-            generator = torch.Generator(device=built.device).manual_seed(seed + 1)
+
+            def draw(seeds, solver=solver, sampler=sampler, grid=grid):
+                return draw_samples(
+                    built.sde, score, solver, shape=(len(seeds), *built.data.shape), steps=sampler.steps,
+                    grid=grid, denoise=s["denoise"], seeds=seeds, progress=s["progress"] and ctx.is_main,
+                    device=built.device,
+                )
+
             start = time.perf_counter()
-            result = draw_samples(
-                built.sde, score, solver, shape=(s["n"], *built.data.shape), steps=sampler.steps,
-                grid=grid, denoise=s["denoise"], generator=generator, progress=s["progress"], device=built.device,
-            )
+            x, calls, per_sample = parallel.sample_shards(draw, s["n"], sample_seed(seed), s["batch_size"], ctx)
             seconds = time.perf_counter() - start
-            results[name] = {"x": result.x.detach().cpu(), "nfe": int(result.nfe), "wall_time_s": seconds,
+            nfe = round(per_sample) if float(per_sample).is_integer() else per_sample
+            results[name] = {"x": x, "nfe": nfe, "network_calls": calls, "wall_time_s": seconds,
                              "solver": solver.name, "steps": sampler.steps, "grid": sampler.grid, **extra}
             steps = "adaptive" if solver.adaptive else f"{sampler.steps or solver.default_steps} steps"
-            log.info("sampled %d with %s (slot %s, %s): NFE %d, %.2f s", s["n"], solver.name, name, steps,
-                     result.nfe, seconds)
+            log.info("sampled %d with %s (slot %s, %s) on %d rank(s): NFE %s per sample, %d network calls, %.2f s",
+                     s["n"], solver.name, name, steps, ctx.world_size, nfe, calls, seconds)
     return results
 
 
@@ -320,10 +397,22 @@ def _metric_fns(names: list[str], dim: int, projections: int, seed: int) -> dict
     return {n: table[n] for n in names}
 
 
-def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = None) -> dict:
+def exact_samples(built: Built, score: ScoreModel | None) -> dict[str, dict] | None:
+    """For Gaussian-mixture data (and evaluate.ground_truth): the same samplers driven by the mixture's exact score,
+    from the same seeds (sharded like every sampling; every rank must call it)."""
+    mixture = getattr(built.data, "mixture", None)
+    if mixture is None or not built.config["evaluate"]["ground_truth"] or score is None:
+        return None
+    log.info("ground truth: the same solvers driven by the exact score of the mixture")
+    return sample_all(built, mixture.score_model(built.sde))
+
+
+def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = None,
+             truth: dict[str, dict] | None = None) -> dict:
     """Each metric of each sample set against the reference (the mean over `floor_repeats` fresh draws of the data
     law, or the held-out split), beside the two-sample floor at the same size; for a Gaussian mixture also the exact
-    score's samples (same solver and steps) and the mean log p of the samples under the mixture."""
+    score's samples (same solver and steps; `truth` if drawn already) and the mean log p of the samples under the
+    mixture. Local: under torchrun rank 0 calls it."""
     e, seed = built.config["evaluate"], built.config["seed"]
     start = time.perf_counter()
     n = min(len(r["x"]) for r in samples.values()) if samples else built.config["sample"]["n"]
@@ -363,10 +452,9 @@ def evaluate(built: Built, samples: dict[str, dict], score: ScoreModel | None = 
         log.info("%s: %s", name if row.get("solver") in (None, name) else f"{row['solver']} ({name})", ", ".join(f"{m} {row[m]:.4g} ± {row[m + '_stderr']:.2g} (floor {floor[m]:.4g} ± "
                                           f"{floor[m + '_stderr']:.2g})" for m in fns)
                  + (f", log p {row['sample_log_prob']:.3f} (data {report['data_log_prob']:.3f})" if mixture is not None else ""))
-    if mixture is not None and e["ground_truth"] and score is not None:
-        exact = mixture.score_model(built.sde)
-        log.info("ground truth: the same solvers driven by the exact score of the mixture")
-        truth = sample_all(built, exact)
+    if truth is None and mixture is not None and e["ground_truth"] and score is not None:
+        truth = exact_samples(built, score)
+    if truth is not None and mixture is not None:
         report["exact_score"] = {
             name: {
                 "nfe": r["nfe"],
@@ -389,14 +477,19 @@ def likelihood(built: Built, score: ScoreModel) -> dict:
     fn = _instantiate(node, "likelihood")
     n, seed = built.config["evaluate"]["likelihood_n"], built.config["seed"]
     _, x = reference(built, n, seed)
-    x = x.to(built.device)
+    ctx = distributed.context()
+    mine = x[parallel.shard(len(x), ctx)].to(built.device)  # under torchrun each rank takes every N-th point
     start = time.perf_counter()
     if node["_target_"].endswith("evaluate_bits_per_dim"):
-        result = fn(built.sde, score, x)
+        parts = distributed.all_gather_object(fn(built.sde, score, mine) if len(mine) else None, ctx)
+        result = merge_bits_per_dim([p for p in parts if p is not None])
+        result["ranks"] = ctx.world_size
     else:
-        out = fn(built.sde, score, x.double() if x.dtype == torch.float64 else x)
-        result = {"nll": float(-out.log_prob.mean()), "nll_stderr": float(out.log_prob.std() / math.sqrt(len(x))),
-                  "n": len(x), "nfe": int(out.nfe)}
+        out = fn(built.sde, score, mine.double() if mine.dtype == torch.float64 else mine) if len(mine) else None
+        log_p = parallel.gather_rows(out.log_prob.detach().cpu() if out is not None else None, len(x), ctx)
+        nfe = sum(distributed.all_gather_object(int(out.nfe) if out is not None else 0, ctx))
+        result = {"nll": float(-log_p.mean()), "nll_stderr": float(log_p.std() / math.sqrt(len(x))),
+                  "n": len(x), "nfe": nfe, "ranks": ctx.world_size}
         mixture = getattr(built.data, "mixture", None)
         if mixture is not None:
             result["exact_nll"] = float(-mixture.log_prob(x.double().cpu()).mean())
@@ -404,9 +497,31 @@ def likelihood(built: Built, score: ScoreModel) -> dict:
     return result
 
 
+def merge_bits_per_dim(parts: list[dict]) -> dict:
+    """One summary from the ranks' `evaluate_bits_per_dim` summaries of disjoint shards: means and standard errors
+    pooled by sample count (the within- and between-shard sums of squares), NFE summed."""
+    if len(parts) == 1:
+        return parts[0]
+    counts = [p["n_samples"] for p in parts]
+    n = sum(counts)
+    mean = sum(k * p["bits_per_dim"] for k, p in zip(counts, parts, strict=True)) / n
+    square = sum((k - 1) * k * p["bits_per_dim_stderr"] ** 2 + k * (p["bits_per_dim"] - mean) ** 2
+                 for k, p in zip(counts, parts, strict=True))
+    batches, nfe = sum(p["n_batches"] for p in parts), sum(p["nfe"] for p in parts)
+    return {**parts[0], "bits_per_dim": mean, "bits_per_dim_stderr": math.sqrt(square / max(n - 1, 1) / n),
+            "n_samples": n, "n_batches": batches, "nfe": nfe, "nfe_per_batch": nfe / batches}
+
+
 # -- the jobs -------------------------------------------------------------------------------------------------------
+def _is_main() -> bool:
+    """Rank 0 (or the only process): the one that writes files."""
+    return distributed.context().is_main
+
+
 def _finish(built: Built, out: Path, samples: dict, report: dict, extra: dict) -> dict:
     metrics = {**extra, **report}
+    if not _is_main():
+        return metrics
     outputs.write_npz(out / "samples.npz", {name: r["x"].numpy() for name, r in samples.items()})
     outputs.write_json(out / "metrics.json", metrics)
     if built.config["plots"]:
@@ -417,26 +532,38 @@ def _finish(built: Built, out: Path, samples: dict, report: dict, extra: dict) -
     return metrics
 
 
+def _sample_and_evaluate(built: Built, score: ScoreModel) -> tuple[dict, dict]:
+    """Samples and the ground truth on every rank (sharded), the metrics on rank 0 ({} elsewhere)."""
+    samples = sample_all(built, score)
+    truth = exact_samples(built, score)
+    return samples, (evaluate(built, samples, score, truth) if _is_main() else {})
+
+
+def _write_start(built: Built, out: Path) -> None:
+    if _is_main():
+        outputs.write_config(out / "config.yaml", built.config)
+
+
 def run_main(cfg: DictConfig, out: Path) -> dict:
     """Train, sample with every solver, evaluate, plot: the default experiment."""
     built = build(cfg)
-    outputs.write_config(out / "config.yaml", built.config)
+    _write_start(built, out)
     score, training = train(built, out)
-    if built.config["plots"]:
+    if built.config["plots"] and _is_main():
         outputs.plot_loss(out / "loss.png", training["history"])
-    samples = sample_all(built, score)
-    report = evaluate(built, samples, score)
+    samples, report = _sample_and_evaluate(built, score)
     return _finish(built, out, samples, report, {"train": training["summary"], "loss_history": training["history"]})
 
 
 def run_train(cfg: DictConfig, out: Path) -> dict:
     built = build(cfg)
-    outputs.write_config(out / "config.yaml", built.config)
+    _write_start(built, out)
     _, training = train(built, out)
-    if built.config["plots"]:
-        outputs.plot_loss(out / "loss.png", training["history"])
     metrics = {"train": training["summary"], "loss_history": training["history"]}
-    outputs.write_json(out / "metrics.json", metrics)
+    if _is_main():
+        if built.config["plots"]:
+            outputs.plot_loss(out / "loss.png", training["history"])
+        outputs.write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -444,10 +571,9 @@ def run_sample(cfg: DictConfig, out: Path) -> dict:
     """Sample (and evaluate) from a previous run's checkpoint with the configured solvers and step counts."""
     cfg, file = load_run(cfg, cfg.sample.checkpoint)
     built = build(cfg)
-    outputs.write_config(out / "config.yaml", built.config)
+    _write_start(built, out)
     score = score_from_checkpoint(built, file)
-    samples = sample_all(built, score)
-    report = evaluate(built, samples, score)
+    samples, report = _sample_and_evaluate(built, score)
     return _finish(built, out, samples, report, {"checkpoint": str(file)})
 
 
@@ -469,6 +595,8 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
             for key in ("sde", "model", "data"):
                 cfg[key] = theirs[key]
     built = build(cfg)
+    if not _is_main():  # metrics of saved samples: rank 0's work alone
+        return {}
     with np.load(path) as arrays:
         samples = {name: {"x": torch.from_numpy(arrays[name]), "solver": name, "steps": None, "grid": None,
                           "nfe": None, "wall_time_s": None} for name in arrays.files}
@@ -483,7 +611,8 @@ def run_likelihood(cfg: DictConfig, out: Path) -> dict:
     built = build(cfg)
     score = score_from_checkpoint(built, file)
     result = {"checkpoint": str(file), "likelihood": likelihood(built, score)}
-    outputs.write_json(out / "metrics.json", result)
+    if _is_main():
+        outputs.write_json(out / "metrics.json", result)
     return result
 
 

@@ -105,6 +105,11 @@ def _image_grid(x: torch.Tensor, shape: Sequence[int], count: int = 64) -> np.nd
 def plot_samples(path: Path, samples: dict[str, torch.Tensor], data: torch.Tensor, shape: Sequence[int]) -> Path:
     """Data beside the samples of each solver: a scatter for 2-D points, an image grid for (C, H, W) images,
     the first two coordinates otherwise."""
+    return _save(samples_figure(samples, data, shape), path)
+
+
+def samples_figure(samples: dict[str, torch.Tensor], data: torch.Tensor, shape: Sequence[int]):
+    """The figure of `plot_samples` (also logged to TensorBoard by the evaluation hook)."""
     plt = _pyplot()
     panels = {"data": data, **samples}
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
@@ -120,7 +125,7 @@ def plot_samples(path: Path, samples: dict[str, torch.Tensor], data: torch.Tenso
             lim = data.reshape(len(data), -1)[:, :2].abs().max().item() * 1.15
             ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
         ax.set_title(name)
-    return _save(fig, path)
+    return fig
 
 
 def plot_loss(path: Path, history: list[dict]) -> Path:

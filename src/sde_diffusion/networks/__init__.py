@@ -6,10 +6,11 @@ A trained network plugs into sampling as `ScoreModel(network, sde, prediction)`;
 
 from .embeddings import NULL_LABEL, FourierTimeEmbedding, LabelEmbedding, SinusoidalTimeEmbedding, time_embedding
 from .guidance import ClassConditional
+from .invariant import batch_invariant
 from .mlp import MLP
 from .unet import UNet
 
 __all__ = [
     "NULL_LABEL", "ClassConditional", "FourierTimeEmbedding", "LabelEmbedding", "MLP", "SinusoidalTimeEmbedding",
-    "UNet", "time_embedding",
+    "UNet", "batch_invariant", "time_embedding",
 ]

@@ -292,7 +292,7 @@ class BrownianMemory:
             whole = using & (left == 0)
             safe_dt = torch.where(using, seg_dt, torch.ones_like(seg_dt))
             bridge = append_dims((use / safe_dt).to(seg_dW.dtype), seg_dW.ndim) * seg_dW
-            bridge = bridge + append_dims((use * left / safe_dt).sqrt().to(seg_dW.dtype), seg_dW.ndim) * gaussian_noise(seg_dW, generator)
+            bridge = bridge + append_dims((use * left / safe_dt).sqrt().to(seg_dW.dtype), seg_dW.ndim) * gaussian_noise(seg_dW, generator, rows=using)
             part = torch.where(append_dims(whole, seg_dW.ndim), seg_dW, torch.where(append_dims(using, seg_dW.ndim), bridge, 0))
             total = total + part
             self.dt[rows, pos] = torch.where(using, left, self.dt[rows, pos])

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..noise import SeededNoise
 from ..reverse import ReverseSDE
 from ..score import ScoreModel
 from ..sde import SDE
@@ -123,6 +124,9 @@ class Solver:
     needs: ClassVar[type] = Term
     default_grid: ClassVar[str | None] = None  # None: the SDE's own default_grid
     default_steps: ClassVar[int] = 100
+    # False when a step couples the samples of a batch beyond a per-sample controller (one system for the batch,
+    # or a state that cannot follow single samples): `sample(..., seeds=...)` then solves each sample alone.
+    separable: ClassVar[bool] = True
 
     @property
     def probability_flow(self) -> bool:
@@ -182,8 +186,12 @@ class Solver:
         return f"{type(self).__name__}({opts})"
 
 
-def gaussian_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from `generator`."""
+def gaussian_noise(x: torch.Tensor, generator: torch.Generator | SeededNoise | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn from `generator`: one stream for the batch, or with a `SeededNoise`
+    row i from sample i's own generator. `rows` (a boolean mask) names the samples that use the draw: per-sample
+    noise draws only for those (zeros elsewhere); a single generator draws for all rows, as it always has."""
+    if isinstance(generator, SeededNoise):
+        return generator.randn(x.shape, dtype=x.dtype, device=x.device, rows=rows)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..noise import SeededNoise
 from ..registry import build
 from ..tensors import append_dims
 from .base import Solver, gaussian_noise
@@ -30,14 +31,17 @@ class Corrector:
             raise ValueError(f"corrector steps must be a non-negative integer; got {steps!r}")
         self.snr, self.steps = float(snr), steps
 
-    def step_size(self, problem, x, t, t_next, grad, noise) -> torch.Tensor:
+    def step_size(self, problem, x, t, t_next, grad, noise, per_sample: bool) -> torch.Tensor:
+        """The Langevin step eps: a scalar, or one per sample (`per_sample`: under per-sample noise, where no sample
+        may depend on its batch mates)."""
         raise NotImplementedError
 
     def correct(self, problem: DiffusionProblem, x, t, t_next, generator):
+        per_sample = isinstance(generator, SeededNoise)
         for _ in range(self.steps):
             grad = problem.score.score(x, t)
             noise = gaussian_noise(x, generator)
-            eps = append_dims(self.step_size(problem, x, t, t_next, grad, noise), x.ndim)
+            eps = append_dims(self.step_size(problem, x, t, t_next, grad, noise, per_sample), x.ndim)
             x = x + eps * grad + (2 * eps).sqrt() * noise
         return x
 
@@ -51,14 +55,18 @@ class Corrector:
 
 
 class Langevin(Corrector):
-    """Langevin corrector (Song et al. 2021, Alg. 5): step eps = 2 alpha_i (snr ||z|| / ||score||)^2, norms averaged
-    over the batch as in the reference implementation."""
+    """Langevin corrector (Song et al. 2021, Alg. 5): step eps = 2 alpha_i (snr ||z|| / ||score||)^2. With a single
+    generator the norms are averaged over the batch, as in the reference implementation (score_sde); under
+    per-sample noise (`sample(..., seeds=...)`) each sample takes its own step from its own norms, so that it does
+    not depend on its batch mates."""
 
     name = "langevin"
 
-    def step_size(self, problem, x, t, t_next, grad, noise):
-        grad_norm = grad.reshape(len(grad), -1).norm(dim=-1).mean()
-        noise_norm = noise.reshape(len(noise), -1).norm(dim=-1).mean()
+    def step_size(self, problem, x, t, t_next, grad, noise, per_sample):
+        grad_norm = grad.reshape(len(grad), -1).norm(dim=-1)
+        noise_norm = noise.reshape(len(noise), -1).norm(dim=-1)
+        if not per_sample:
+            grad_norm, noise_norm = grad_norm.mean(), noise_norm.mean()
         return 2 * self._alpha(problem, t, t_next) * (self.snr * noise_norm / grad_norm) ** 2
 
 
@@ -67,7 +75,7 @@ class AnnealedLangevin(Corrector):
 
     name = "annealed_langevin"
 
-    def step_size(self, problem, x, t, t_next, grad, noise):
+    def step_size(self, problem, x, t, t_next, grad, noise, per_sample):
         return 2 * self._alpha(problem, t, t_next) * (self.snr * problem.sde.sigma(t)) ** 2
 
 

@@ -484,6 +484,7 @@ class AdaptiveDPMSolver(Solver):
     name = "adaptive_dpm_solver"
     order: int
     adaptive = True
+    separable = False  # one error norm for the batch; under seeds each sample is solved alone
     needs = DiffusionProblem
     default_grid = "log_snr"
     default_steps = 20

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..noise import SeededNoise, select_noise
 from .control import StepSizeController
 from .problems import chart_of
 
@@ -51,7 +52,7 @@ def integrate(
     problem,
     x: torch.Tensor,
     controller: StepSizeController,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SeededNoise | None = None,
     *,
     keep_trajectory: bool = False,
     progress: bool = False,
@@ -72,7 +73,7 @@ def integrate(
         idx, s, s_next = proposal
         y_part, state_part = (y, state) if idx is None else (y[idx], state.select(idx))
         before = counter()
-        y_next, error, state_next = solver.step(problem, y_part, s, s_next, state_part, generator)
+        y_next, error, state_next = solver.step(problem, y_part, s, s_next, state_part, select_noise(generator, idx))
         if not torch.isfinite(y_next).all():
             t, t_next = (chart.time(v if v.ndim == 0 else v[0]) for v in (s, s_next))
             check_finite(y_next, solver, control.attempts + 1, controller.steps_label, t, t_next)

@@ -73,6 +73,7 @@ class ScipyODE(Solver):
     name = "scipy"
     order = 5
     adaptive = True
+    separable = False  # one system for the batch; under seeds each sample is solved alone
 
     def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5):
         if method not in ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA"):

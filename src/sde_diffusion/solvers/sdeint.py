@@ -9,7 +9,7 @@ for s in [k, k + 1). With dt/ds = t_{k+1} - t_k < 0 on that piece, the time-chan
 and torchsde's unit steps land exactly on the grid times (its Euler step is then our Euler-Maruyama step), while
 a higher-order method's inner stages stay inside one linear piece. The noise is diagonal and independent of x,
 so Ito and Stratonovich forms coincide and every torchsde method applies. Brownian increments come from a
-`BrownianInterval` seeded from the caller's generator.
+`BrownianInterval` seeded from the caller's generator (or, under per-sample noise, one per sample).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..noise import SeededNoise
 from .base import GridState, Solver
 
 STRATONOVICH_ONLY = ("reversible_heun", "heun", "midpoint", "euler_heun")
@@ -44,6 +45,29 @@ class _TimeChanged(torch.nn.Module):
     def g(self, s, y):
         t, dt_ds = self._time(s)
         return self.term.diffusion(t) * (-dt_ds).sqrt() * torch.ones_like(y)
+
+
+class PerSampleBrownian:
+    """Brownian motions of one sample each, stacked into the batch torchsde asks for: row i's increments are those
+    of path i alone (torchsde's `BaseBrownian` interface: `bm(ta, tb, return_U, return_A)`)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        first = paths[0]
+        self.dtype, self.device, self.levy_area_approximation = first.dtype, first.device, first.levy_area_approximation
+        self.shape = torch.Size((len(paths), *first.shape[1:]))
+
+    def size(self):
+        return self.shape
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        parts = [path(ta, tb, return_U=return_U, return_A=return_A) for path in self.paths]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+        return torch.cat(parts)
+
+    def __repr__(self):
+        return f"PerSampleBrownian({len(self.paths)} paths)"
 
 
 @dataclass
@@ -83,13 +107,19 @@ class TorchSDE(Solver):
         y0 = x.reshape(len(x), -1)
         n_steps = len(times) - 1
         ts = torch.arange(n_steps + 1, dtype=x.dtype, device=x.device)
-        entropy = None
-        if generator is not None:
-            entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
-        bm = torchsde.BrownianInterval(
-            t0=0.0, t1=float(n_steps), size=y0.shape, dtype=x.dtype, device=x.device, entropy=entropy,
-            levy_area_approximation="space-time" if self.method == "srk" else "none",
-        )
+        levy = "space-time" if self.method == "srk" else "none"
+
+        def interval(size, entropy):
+            return torchsde.BrownianInterval(t0=0.0, t1=float(n_steps), size=size, dtype=x.dtype, device=x.device,
+                                             entropy=entropy, levy_area_approximation=levy)
+
+        if isinstance(generator, SeededNoise):  # one Brownian path per sample, seeded from its own generator
+            bm = PerSampleBrownian([interval((1, y0.shape[1]), e) for e in generator.integers()])
+        else:
+            entropy = None
+            if generator is not None:
+                entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            bm = interval(y0.shape, entropy)
         sde, y0, ts, bm, method, options = check_contract(_TimeChanged(term, x.shape, times, sde_type), y0, ts, bm,
                                                           self.method, False, {}, None, False)
         solver = methods.select(method=method, sde_type=sde.sde_type)(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,8 +38,10 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def init_distributed(backend: str | None = None) -> DistributedContext:
-    """Join the process group torchrun describes in the environment (once), or return the single-process context."""
+def init_distributed(backend: str | None = None, timeout: timedelta | None = None) -> DistributedContext:
+    """Join the process group torchrun describes in the environment (once), or return the single-process context.
+    `timeout`: how long to wait for the master and the other ranks, here and in every collective after (torch's
+    default when None)."""
     if dist.is_available() and dist.is_initialized():
         return context()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,7 +54,10 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, init_method="env://")
+    if timeout is not None:
+        dist.init_process_group(backend, init_method="env://", timeout=timeout)
+    else:
+        dist.init_process_group(backend, init_method="env://")
     return context()
 
 

@@ -128,6 +128,7 @@ class Trainer:
         eval_every: steps between calls of `eval_fn`.
         eval_fn: `eval_fn(trainer) -> dict of metrics`, called every `eval_every` steps on rank 0.
         log_every: steps between logged records (mean loss, lr, gradient norm, steps/s) in `history`.
+        on_log: called with each record of `history` as it is made, on rank 0 (an experiment tracker).
         progress: show a progress bar (rank 0) with the loss and steps/s.
     """
 
@@ -158,6 +159,7 @@ class Trainer:
         eval_fn: Callable[[Trainer], dict[str, float]] | None = None,
         log_every: int = 100,
         progress: bool = True,
+        on_log: Callable[[dict], None] | None = None,
     ):
         if not isinstance(loss, DSMLoss):
             raise TypeError(f"loss must be a DSMLoss; got {type(loss).__name__}")
@@ -183,6 +185,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every, self.keep_checkpoints = int(checkpoint_every), int(keep_checkpoints)
         self.eval_every, self.eval_fn, self.log_every, self.progress = int(eval_every), eval_fn, max(1, int(log_every)), progress
+        self.on_log = on_log
         self.conditional = bool(getattr(model, "num_classes", None)) and getattr(data, "labels", None) is not None
 
         self.train_model: Callable[..., Any] = self.model  # the model, wrapped for DDP and compiled as asked
@@ -292,6 +295,8 @@ class Trainer:
         if grad_norm is not None:
             record["grad_norm"] = grad_norm.item()
         self.history.append(record)
+        if self.on_log is not None and self.ctx.is_main:
+            self.on_log(record)
         return record
 
     def evaluate(self) -> dict[str, float] | None:
@@ -300,6 +305,8 @@ class Trainer:
             return None
         metrics = dict(self.eval_fn(self))
         self.history.append({"step": self.step, **metrics})
+        if self.on_log is not None:
+            self.on_log(self.history[-1])
         self.model.train()
         return metrics
 
