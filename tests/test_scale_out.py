@@ -83,7 +83,7 @@ def test_two_ranks_share_one_folder_and_write_each_file_once(two_rank_run):
     assert not list(folder.rglob("*.tmp"))
     # DDP: both ranks ended training with the same weights, bit for bit
     fingerprints = [re.findall(r"on 2 rank\(s\); weights sha256 ([0-9a-f]{64})", (folder / log).read_text())
-                    for log in ("sde_diffusion.log", "sde_diffusion.rank1.log")]
+                    for log in ("run.log", "sde_diffusion.rank1.log")]
     assert len(fingerprints[0]) == 1 and fingerprints[0] == fingerprints[1]
     # only rank 0 logs to the console
     assert "sampled 25 with pc" in (folder / "sde_diffusion.rank1.log").read_text()
