@@ -46,6 +46,9 @@ class GaussianMixture:
         K, d = means.shape
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape (K,) = ({K},) to match means; got {tuple(weights.shape)}")
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not torch.isfinite(value).all():
+                raise ValueError(f"GaussianMixture {name} hold NaN or inf; every entry must be finite")
         if not (weights > 0).all():
             raise ValueError("mixture weights must be positive")
         if covs.shape == (K,):

@@ -14,6 +14,11 @@ from typing import Any
 import torch
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. A TypeError, and a ValueError too, so code that catches the library's
+    ValueError for a bad option keeps working."""
+
+
 def _is_number(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool
@@ -25,7 +30,7 @@ def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int |
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() and value.dtype != torch.bool:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
@@ -38,7 +43,7 @@ def real(name: str, value: Any, *, minimum: float | None = None, maximum: float 
          positive: bool = False, below: float | None = None) -> float:
     """`value` as a finite float: >= minimum, <= maximum, > 0 if `positive`, < below; a TypeError for non-numbers."""
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite; got {value}")
@@ -56,7 +61,7 @@ def real(name: str, value: Any, *, minimum: float | None = None, maximum: float 
 def flag(name: str, value: Any) -> bool:
     """`value` if it is True or False; anything else (1, 'false', None) is a TypeError naming `name`."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}")
     return value
 
 

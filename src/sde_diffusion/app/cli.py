@@ -1,8 +1,10 @@
 """The Hydra entry points: sde-run (also `python -m sde_diffusion`), sde-train, sde-sample, sde-evaluate,
 sde-likelihood. All read the same packaged config (conf/config.yaml) and take the same overrides.
 
-A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2;
-Hydra itself reports unknown keys and wrong types of the typed top level (exit status 1).
+A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2 (a
+run refused before it wrote anything leaves no output folder); Hydra itself reports unknown keys and wrong types of
+the typed top level (exit status 1). Training that stops on non-finite values exits with status 3; Ctrl-C or
+SIGTERM during training exits with 130 / 143 after printing the command that resumes the run (`recovery.py`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..training import CheckpointError
-from . import jobs
+from ..training import CheckpointError, NonFiniteTrainingError, TrainingInterrupted
+from . import jobs, recovery
 from .config import ConfigError, register
 
 log = logging.getLogger("sde_diffusion")
@@ -36,14 +38,26 @@ def set_threads(threads) -> None:
 
 
 def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> None:
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
     try:
         set_threads(cfg.get("threads", 1))
         job(cfg, out)
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        recovery.discard_if_empty(out, hydra_cfg.job.name)
         raise SystemExit(2)
+    except NonFiniteTrainingError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(3)
+    except TrainingInterrupted as e:
+        name = job.__name__.removeprefix("run_").replace("main", "run")
+        command = recovery.resume_command(sys.argv[0], name, list(hydra_cfg.overrides.task), out)
+        log.warning("%s", e)
+        print(f"interrupted: {e}; resume with: {command}", file=sys.stderr)
+        raise SystemExit(e.exit_code)
     print(f"outputs written to {out}")
 
 

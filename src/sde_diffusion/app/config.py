@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -20,6 +19,9 @@ from typing import Any, Callable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+from ..registry import simple_types as _simple_types
+from ..registry import type_ok as _type_ok
 
 # Keys of a solver node that the app reads itself (the time grid), not options of the solver.
 SAMPLING_KEYS = ("steps", "grid")
@@ -39,6 +41,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: Optional[float] = 1.0
+    on_nonfinite: str = "skip"  # a NaN / inf loss or gradient: skip that step, or stop the run (training/guard.py)
+    max_nonfinite_steps: int = 10  # with skip: stop after this many non-finite steps in a row
     ema_decay: float = 0.999
     precision: str = "fp32"
     compile: bool = False
@@ -151,26 +155,6 @@ def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tup
     return (fn.__init__ if inspect.isclass(fn) else fn), extra
 
 
-def _simple_types(annotation) -> set[type] | None:
-    """The simple types an annotation allows ({int, float, bool, str, NoneType}), or None if it is not that simple."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
-    if origin is typing.Literal:
-        args = tuple({type(a) for a in typing.get_args(annotation)})
-    simple = {int, float, bool, str, type(None)}
-    if not args or any(a not in simple for a in args):
-        return None
-    return set(args)
-
-
-def _type_ok(value, allowed: set[type]) -> bool:
-    if isinstance(value, bool):
-        return bool in allowed
-    if isinstance(value, int):
-        return int in allowed or float in allowed
-    return type(value) in allowed
-
-
 def validate_node(node: dict, key: str) -> None:
     """Check one `_target_` node's keys and simple types against the signature of what it builds."""
     target = node["_target_"]
@@ -243,4 +227,7 @@ def validate(cfg: DictConfig) -> dict:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {resolved['device']!r}")
     for key, node in _walk(resolved, ""):
         validate_node(node, key)
+    from .preflight import check_values
+
+    check_values(resolved)
     return resolved

@@ -23,7 +23,7 @@ from ..calibration import calibrate_grid
 from ..sampling import sample as draw_samples
 from ..score import ScoreModel
 from ..solvers import Solver, get_grid
-from ..training import CheckpointError, DSMLoss, Trainer, list_checkpoints, load_checkpoint
+from ..training import CheckpointError, DSMLoss, NonFiniteTrainingError, Trainer, TrainingInterrupted, list_checkpoints, load_checkpoint
 from ..training.checkpoint import load_module_state
 from . import outputs
 from .config import SAMPLING_KEYS, ConfigError, validate
@@ -157,7 +157,7 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
     trainer = Trainer(
         built.network, loss, built.data,
         batch_size=t["batch_size"], lr=t["lr"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
-        grad_clip=t["grad_clip"], ema_decay=t["ema_decay"], seed=built.config["seed"], device=built.device,
+        grad_clip=t["grad_clip"], on_nonfinite=t["on_nonfinite"], max_nonfinite_steps=t["max_nonfinite_steps"], ema_decay=t["ema_decay"], seed=built.config["seed"], device=built.device,
         precision=t["precision"], compile=t["compile"], checkpoint_dir=out / "checkpoints",
         checkpoint_every=t["checkpoint_every"], keep_checkpoints=t["keep_checkpoints"], resume=t["resume"],
         log_every=t["log_every"], progress=built.config["sample"]["progress"],
@@ -165,7 +165,13 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
     log.info("training %s on %s (%d examples) with %s for %d steps on %s", type(built.network).__name__,
              built.data.name, len(built.data), built.sde, t["steps"], built.device)
     start = time.perf_counter()
-    history = trainer.train(t["steps"])
+    try:
+        history = trainer.train(t["steps"])
+    except (TrainingInterrupted, NonFiniteTrainingError) as e:  # keep what the run measured so far
+        outputs.write_json(out / "metrics.json", {"train": {"steps": trainer.step, "stopped": str(e),
+                                                            "skipped_steps": trainer.skipped_steps},
+                                                  "loss_history": trainer.history})
+        raise
     seconds = time.perf_counter() - start
     losses = [r["loss"] for r in history if "loss" in r]
     summary = {"steps": trainer.step, "wall_time_s": seconds, "final_loss": losses[-1] if losses else None,
