@@ -160,6 +160,8 @@ class GaussianMixture:
 
     def score_model(self, sde: LinearSDE) -> ScoreModel:
         """A `ScoreModel` whose network is the exact score; NFE is counted like any network's."""
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"the exact mixture score needs a LinearSDE (Gaussian marginals); got {type(sde).__name__}")
         return ScoreModel(lambda x, t: self.score(x, t, sde), sde, prediction="score")
 
     def _alpha_sigma(self, x, t, sde):

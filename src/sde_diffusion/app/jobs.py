@@ -417,9 +417,9 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
             for key in ("sde", "model", "data"):
                 cfg[key] = theirs[key]
     built = build(cfg)
-    with np.load(path) as arrays:
-        samples = {name: {"x": torch.from_numpy(arrays[name]), "solver": name, "steps": None, "grid": None,
-                          "nfe": None, "wall_time_s": None} for name in arrays.files}
+    samples = outputs.read_samples(path)
+    samples = {name: {"x": x, "solver": name, "steps": None, "grid": None, "nfe": None, "wall_time_s": None}
+               for name, x in samples.items()}
     report = evaluate(built, samples)
     report["samples_file"] = str(path)
     outputs.write_json(out / "metrics.json", report)

@@ -64,7 +64,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "sample.steps": _integer(1, optional=True),
     "sample.calibration.pilot": _integer(1),
     "sample.calibration.max_evaluations": _integer(1),
-    "sample.calibration.trim": _real(minimum=0, below=0.5),
+    "sample.calibration.trim": _real(minimum=0, below=1),
     "sample.calibration.pool": _integer(1, optional=True),
     "evaluate.metrics": _metrics,
     "evaluate.projections": _integer(1),
