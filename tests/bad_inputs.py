@@ -508,6 +508,8 @@ def _cli_config_rows():
         ("solvers.pc.snr a string", ["solvers.pc.snr=abc"], "solvers.pc.snr"),
         ("solvers.pc.steps = 0", ["solvers.pc.steps=0"], "solvers.pc.steps"),
         ("solvers.pc.grid unknown", ["+solvers.pc.grid=logsnr"], "solvers.pc.grid"),
+        ("solvers.pc.grid increasing", ["+solvers.pc.grid=[0.1,0.5]"], "solvers.pc.grid"),
+        ("solvers.pc.grid with steps that disagree", ["+solvers.pc.grid=[1.0,0.5,0.01]", "solvers.pc.steps=10"], "solvers.pc.grid"),
         ("solvers.pf_ode.rtol < 0", ["solvers.pf_ode.rtol=-1"], "solvers.pf_ode.*rtol"),
         ("solvers.pc.corrector unknown", ["solvers.pc.corrector=metropolis"], "solvers.pc.*corrector"),
         ("unknown solver name", ["solvers.pc.name=eulr"], "solvers.pc.name"),

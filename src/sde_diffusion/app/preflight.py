@@ -99,6 +99,24 @@ def _get(resolved: dict, key: str):
     return node
 
 
+def _given_grids(resolved: dict) -> None:
+    """A solver's grid given as a list of times fixes its step count: steps (the solver's or sample.steps) must agree."""
+    override = resolved["sample"]["steps"]
+    for name, node in resolved["solvers"].items():
+        grid = node.get("grid")
+        if not isinstance(grid, list):
+            continue
+        key = f"solvers.{name}.grid"
+        if len(grid) < 2 or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in grid) or any(
+                not b < a for a, b in zip(grid, grid[1:])):
+            raise ConfigError(f"{key} must be a list of at least two strictly decreasing times; got {grid!r}")
+        steps = override if override is not None else node.get("steps")
+        if steps is not None and steps != len(grid) - 1:
+            which = "sample.steps" if override is not None else f"solvers.{name}.steps"
+            raise ConfigError(f"{key} has {len(grid) - 1} steps but {which}={steps}: leave {which} null with a "
+                              "given grid, or change the times")
+
+
 def check_values(resolved: dict) -> None:
     """Refuse keys the schema does not have and values outside their range; each error names the full key."""
     _unknown_keys(resolved)
@@ -107,3 +125,5 @@ def check_values(resolved: dict) -> None:
             rule(key, _get(resolved, key))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{e} (pass {key}=...)") from None
+    if isinstance(resolved.get("solvers"), dict):
+        _given_grids(resolved)
