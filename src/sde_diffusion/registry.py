@@ -42,7 +42,8 @@ def check_option_types(kind: str, name: str, factory: Callable, options: Mapping
     for option, value in options.items():
         allowed = simple_types(hints[option]) if option in hints else None
         if allowed is not None and not type_ok(value, allowed):
-            names = " or ".join(sorted(t.__name__ if t is not type(None) else "None" for t in allowed))
+            names = " or ".join(sorted("True or False" if t is bool else t.__name__ if t is not type(None) else "None"
+                                       for t in allowed))
             raise ArgumentTypeError(f"{kind} {name!r}: option {option} must be {names}; got {type(value).__name__} {value!r}")
 
 
