@@ -22,13 +22,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every row's outcome to this file")
     parser.add_argument("--show", default="unclear,silent,hang", help="outcomes whose rows are listed")
-    parser.add_argument("--timeout", type=float, default=20.0, help="seconds after which a row counts as a hang")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds after which a row counts as a hang")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
     import sde_diffusion
-    from tests.bad_inputs import ROWS, outcome, row_id
+    from tests.bad_inputs import ROWS, outcome, row_id, warm_up
 
+    warm_up()
     print(f"sde_diffusion from {sde_diffusion.__file__}; {len(ROWS)} rows")
     results, table = [], collections.defaultdict(collections.Counter)
     for row in ROWS:

@@ -547,6 +547,14 @@ ROWS: list[Row] = (
 )
 
 
+def warm_up() -> None:
+    """Do once, untimed, what the first rows would otherwise pay for: torch.optim's and Hydra's lazy imports. A
+    timeout that fired inside an import would leave a half-imported module behind for every later row."""
+    trainer().train(1)
+    draw()
+    build()
+
+
 # -- classification ---------------------------------------------------------------------------------------------------
 class _Timeout(BaseException):
     pass

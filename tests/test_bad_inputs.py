@@ -6,7 +6,12 @@ import logging
 
 import pytest
 
-from tests.bad_inputs import ROWS, outcome, row_id
+from tests.bad_inputs import ROWS, outcome, row_id, warm_up
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm():
+    warm_up()
 
 
 def test_the_catalogue_covers_every_public_entry_point():
@@ -20,5 +25,5 @@ def test_the_catalogue_covers_every_public_entry_point():
 @pytest.mark.parametrize("row", ROWS, ids=row_id)
 def test_bad_input_gets_a_clear_error(row, caplog):
     caplog.set_level(logging.CRITICAL)
-    kind, what = outcome(row, timeout=30.0)
+    kind, what = outcome(row, timeout=60.0)
     assert kind == "clear", f"{kind}: {what} (expected {row.error} matching {row.match!r})"
