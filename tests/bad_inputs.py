@@ -490,6 +490,8 @@ def _cli_config_rows():
         ("train.checkpoint_every < 0", ["train.checkpoint_every=-1"], "train.checkpoint_every"),
         ("sample.n = 0", ["sample.n=0"], "sample.n"),
         ("sample.steps = 0", ["sample.steps=0"], "sample.steps"),
+        ("sample.steps = 10**7", ["sample.steps=10000000"], "sample.steps"),
+        ("solvers.pc.steps = 10**7", ["solvers.pc.steps=10000000"], "solvers.pc.steps"),
         ("sample.calibration.pilot = 0", ["sample.calibration.pilot=0"], "sample.calibration.pilot"),
         ("sample.calibration.trim = 1", ["sample.calibration.trim=1.0"], "sample.calibration.trim"),
         ("evaluate.metrics unknown", ["evaluate.metrics=[fid]"], "evaluate.metrics"),

@@ -13,6 +13,7 @@ import difflib
 from typing import Any, Callable
 
 from .. import validation as check
+from ..solvers.grids import MAX_STEPS
 from ..training.guard import ON_NONFINITE
 from ..training.trainer import PRECISIONS
 from .config import CalibrationConfig, Config, ConfigError, EvaluateConfig, SampleConfig, TrainConfig
@@ -61,7 +62,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "train.keep_checkpoints": _integer(1),
     "train.log_every": _integer(1),
     "sample.n": _integer(1),
-    "sample.steps": _integer(1, optional=True),
+    "sample.steps": _integer(1, MAX_STEPS, optional=True),
     "sample.calibration.pilot": _integer(1),
     "sample.calibration.max_evaluations": _integer(1),
     "sample.calibration.trim": _real(minimum=0, below=1),
@@ -99,11 +100,15 @@ def _get(resolved: dict, key: str):
     return node
 
 
-def _given_grids(resolved: dict) -> None:
-    """A solver's grid given as a list of times fixes its step count: steps (the solver's or sample.steps) must agree."""
+def _solver_steps(resolved: dict) -> None:
+    """Each solver's steps at most MAX_STEPS (as a named grid allows); a grid given as a list of times fixes the step
+    count, so steps (the solver's or sample.steps) must agree with it."""
     override = resolved["sample"]["steps"]
     for name, node in resolved["solvers"].items():
-        grid = node.get("grid")
+        grid, own = node.get("grid"), node.get("steps")
+        if isinstance(own, int) and own > MAX_STEPS:
+            raise ConfigError(f"solvers.{name}.steps={own} is more than any sampler needs (at most {MAX_STEPS}; "
+                              "a run would take hours); lower it")
         if not isinstance(grid, list):
             continue
         key = f"solvers.{name}.grid"
@@ -126,4 +131,4 @@ def check_values(resolved: dict) -> None:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{e} (pass {key}=...)") from None
     if isinstance(resolved.get("solvers"), dict):
-        _given_grids(resolved)
+        _solver_steps(resolved)
