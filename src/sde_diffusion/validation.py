@@ -71,12 +71,3 @@ def choice(name: str, value: Any, choices) -> Any:
         raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
     return value
 
-
-def finite_tensor(name: str, value: Any) -> torch.Tensor:
-    """`value` as a floating tensor without NaN or inf."""
-    x = torch.as_tensor(value)
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} holds NaN or inf; every entry must be finite")
-    return x

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from ..registry import build
-from ..validation import ArgumentTypeError
+from ..validation import ArgumentTypeError, real
 from ..sde import SDE, LinearSDE
 
 MAX_STEPS = 100_000
@@ -34,23 +34,14 @@ def check_steps(steps) -> int:
     return steps
 
 
-def _time(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (isinstance(value, torch.Tensor) and value.numel() == 1):
-        raise ArgumentTypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-    return value
-
-
 class TimeGrid:
     """Base class: `grid(sde, steps, t_min, t_max)` -> decreasing times of length steps + 1, in float64."""
 
     name = ""
 
     def __call__(self, sde: SDE, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
-        t_max = sde.T if t_max is None else _time("t_max", t_max)
-        t_min = _time("t_min", t_min)
+        t_max = sde.T if t_max is None else real("t_max", t_max)
+        t_min = real("t_min", t_min)
         check_steps(steps)
         if not 0 <= t_min < t_max <= sde.T * (1 + 1e-12):
             raise ValueError(f"need 0 <= t_min < t_max <= T = {sde.T:g}; got t_min={t_min:g}, t_max={t_max:g}")

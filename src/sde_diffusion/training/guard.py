@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..validation import integer
+
 log = logging.getLogger("sde_diffusion")
 
 ON_NONFINITE = ("skip", "stop")
@@ -46,8 +48,7 @@ class NonFiniteGuard:
     def __post_init__(self):
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}; got {self.on_nonfinite!r}")
-        if not (isinstance(self.max_consecutive, int) and not isinstance(self.max_consecutive, bool) and self.max_consecutive >= 1):
-            raise ValueError(f"max_nonfinite_steps must be a positive integer; got {self.max_consecutive!r}")
+        integer("max_nonfinite_steps", self.max_consecutive, minimum=1)
 
     def finite(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
         """True when both are finite (one host read)."""
