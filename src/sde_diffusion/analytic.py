@@ -47,6 +47,9 @@ class GaussianMixture:
         K, d = means.shape
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape (K,) = ({K},) to match means; got {tuple(weights.shape)}")
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not torch.isfinite(value).all():
+                raise ValueError(f"GaussianMixture {name} hold NaN or inf; every entry must be finite")
         if not (weights > 0).all():
             raise ValueError("mixture weights must be positive")
         if covs.shape == (K,):
@@ -158,6 +161,8 @@ class GaussianMixture:
 
     def score_model(self, sde: LinearSDE) -> ScoreModel:
         """A `ScoreModel` whose network is the exact score; NFE is counted like any network's."""
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"the exact mixture score needs a LinearSDE (Gaussian marginals); got {type(sde).__name__}")
         return ScoreModel(lambda x, t: self.score(x, t, sde), sde, prediction="score")
 
     def _alpha_sigma(self, x, t, sde):

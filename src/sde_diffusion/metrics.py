@@ -15,6 +15,17 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(len(x), -1).to(torch.float64)
 
 
+def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y flattened to (n, d) float64, checked: tensors, non-empty, the same d."""
+    for name, v in (("x", x), ("y", y)):
+        if not isinstance(v, torch.Tensor) or v.ndim < 1 or len(v) == 0 or v[0].numel() == 0:
+            raise ValueError(f"{name} must be a non-empty sample of shape (n, ...); got {getattr(v, 'shape', type(v).__name__)}")
+    x, y = _flat(x), _flat(y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must hold samples of the same dimension; got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y
+
+
 def random_projections(dim: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`n` directions drawn uniformly on the unit sphere of R^dim, shape (dim, n)."""
     p = torch.randn(dim, n, generator=generator, dtype=torch.float64)
@@ -44,9 +55,7 @@ def sliced_wasserstein(
     In one dimension W2 is the L2 distance between quantile functions, computed by sorting.
     Pass a fixed `projections` tensor (dim, n) or a seeded generator to compare runs on the same directions.
     """
-    x, y = _flat(x), _flat(y)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"samples differ in dimension: {x.shape[1]} vs {y.shape[1]}")
+    x, y = _pair(x, y)
     if isinstance(projections, int):
         projections = random_projections(x.shape[1], projections, generator)
     px, py = (x @ projections).sort(dim=0).values, (y @ projections).sort(dim=0).values
@@ -67,7 +76,7 @@ def _pairwise_mean(a: torch.Tensor, b: torch.Tensor, kernel: Callable, exclude_d
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Szekely & Rizzo), unbiased within-sample terms."""
-    x, y = _flat(x), _flat(y)
+    x, y = _pair(x, y)
     dist = lambda d: d  # noqa: E731
     return 2 * _pairwise_mean(x, y, dist, False) - _pairwise_mean(x, x, dist, True) - _pairwise_mean(y, y, dist, True)
 
@@ -77,7 +86,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] | None =
 
     Default bandwidths: the median pairwise distance of y times (0.5, 1, 2).
     """
-    x, y = _flat(x), _flat(y)
+    x, y = _pair(x, y)
     if bandwidths is None:
         sub = y[: min(len(y), 1000)]
         median = torch.cdist(sub, sub).flatten().median().item()

@@ -12,18 +12,47 @@ from .score import ScoreModel
 from .sde import SDE, LinearSDE
 from .solvers import NonFiniteError, SampleResult, Solver, get, get_grid, integrate
 from .solvers.control import AdaptiveController
-from .solvers.grids import TimeGrid
+from .solvers.grids import GivenGrid, TimeGrid
+from .validation import ArgumentTypeError, flag
 
 
 def as_score_model(sde: SDE, score: ScoreModel | Callable) -> ScoreModel:
     """`score` as a ScoreModel of `sde`; a plain callable `(x, t) -> score` is wrapped."""
+    if not isinstance(sde, SDE):
+        raise ArgumentTypeError(f"sde must be an sde_diffusion.SDE (e.g. VPSDE()); got {type(sde).__name__}")
     if isinstance(score, ScoreModel):
         if score.sde is not sde:
-            raise ValueError(f"the score model was built for {score.sde!r}, but sampling was asked for {sde!r}")
+            differences = sde_differences(score.sde, sde)
+            if differences:
+                raise ValueError(f"the score model was built for {score.sde!r}, but sampling was asked for {sde!r}: "
+                                 f"they differ in {'; '.join(differences)}. Pass the score model's own SDE (score.sde)")
         return score
     if not callable(score):
-        raise TypeError(f"score must be a ScoreModel or a callable (x, t) -> score; got {type(score).__name__}")
+        raise ArgumentTypeError(f"score must be a ScoreModel or a callable (x, t) -> score; got {type(score).__name__}")
     return ScoreModel(score, sde, prediction="score")
+
+
+def sde_differences(a: SDE, b: SDE) -> list[str]:
+    """How two SDEs differ: their types, or the attributes that define them (numbers, strings, tensors; functions
+    by identity). Empty when they are the same process, e.g. two VPSDE() built apart."""
+    if type(a) is not type(b):
+        return [f"type: {type(a).__name__} vs {type(b).__name__}"]
+    out = []
+    mine, theirs = vars(a), vars(b)
+    for key in sorted(set(mine) | set(theirs)):
+        x, y = mine.get(key), theirs.get(key)
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            same = x.shape == y.shape and bool(torch.equal(x.cpu(), y.cpu()))
+        elif isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            same = False
+        else:
+            try:
+                same = bool(x == y)
+            except Exception:
+                same = x is y
+        if not same:
+            out.append(f"{key.lstrip('_')}: {x!r} vs {y!r}" if not callable(x) else f"{key.lstrip('_')} (another function)")
+    return out
 
 
 def sample(
@@ -65,11 +94,20 @@ def sample(
     """
     model = as_score_model(sde, score)
     solver = get(solver, **solver_options)
+    for name, value in (("denoise", denoise), ("keep_trajectory", keep_trajectory), ("progress", progress)):
+        flag(name, value)
     if denoise and not isinstance(sde, LinearSDE):
         raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses alpha and sigma)")
     problem = solver.problem(sde, model)
     if (shape is None) == (x_T is None):
         raise ValueError("give exactly one of shape (to draw x_T from the prior) or x_T")
+    if shape is not None and not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 1 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise ValueError(f"shape must be a tuple of positive integers (batch, ...); got {shape!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentTypeError(f"dtype must be a floating-point torch.dtype (torch.float32 or torch.float64); got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ArgumentTypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     if x_T is not None and (not isinstance(x_T, torch.Tensor) or x_T.ndim < 1 or not x_T.is_floating_point()):
         raise ValueError("x_T must be a floating-point tensor of shape (batch, ...)")
     if x_T is not None and not torch.isfinite(x_T).all():
@@ -89,9 +127,13 @@ def sample(
     elif x_T is None:
         assert shape is not None  # exactly one of shape and x_T, checked above
         x_T = sde.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
-    t_min = sde.default_t_min if t_min is None else float(t_min)
     grid = get_grid(grid if grid is not None else solver.default_grid or sde.default_grid)
-    times = grid(sde, steps if steps is not None else solver.default_steps, t_min, t_max).to(x_T.dtype).to(x_T.device)
+    if isinstance(grid, GivenGrid):  # its times fix steps, t_min and t_max: what is given must agree with them
+        times = grid(sde, steps, t_min, t_max)
+    else:
+        t_min = sde.default_t_min if t_min is None else t_min
+        times = grid(sde, steps if steps is not None else solver.default_steps, t_min, t_max)
+    times = times.to(x_T.dtype).to(x_T.device)
     nfe_start = model.nfe
     controller, alone = solver.controller(times), False
     if seeds is not None:
@@ -104,7 +146,7 @@ def sample(
     if denoise:
         result.x = model.x0(result.x, times[-1])
         if not torch.isfinite(result.x).all():
-            raise NonFiniteError(f"the final denoising step (Tweedie's E[x_0 | x_t] at t = {float(times[-1]):.6g}) "
+            raise NonFiniteError(f"{solver.name or type(solver).__name__}: the final denoising step (Tweedie's E[x_0 | x_t] at t = {float(times[-1]):.6g}) "
                                  "gave NaN or inf: check the score network's output there, or stop earlier (a larger t_min)")
         if keep_trajectory and result.trajectory is not None:
             result.trajectory.append(result.x)

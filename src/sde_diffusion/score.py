@@ -70,6 +70,8 @@ class ScoreModel:
     def __init__(self, network: Network, sde: SDE, prediction: Prediction = "eps", *, check_time: bool = True):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an sde_diffusion.SDE (e.g. VPSDE()); got {type(sde).__name__} {sde!r}")
         if prediction != "score" and not isinstance(sde, LinearSDE):
             raise ValueError(
                 f"prediction={prediction!r} needs a LinearSDE (alpha and sigma relate it to the score); "

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .tensors import Time, append_dims, as_time, sum_except_batch
+from .validation import ArgumentTypeError
 
 if TYPE_CHECKING:
     from .solvers.grids import TimeGrid
@@ -160,11 +161,13 @@ class LinearSDE(SDE):
     @staticmethod
     def from_coefficients(f: CoefficientFn, g: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A linear SDE `dx = f(t) x dt + g(t) dW` from its coefficient functions (tensor in, tensor out)."""
+        _callable("g", g)
         return TabulatedLinearSDE(f, lambda t: g(t) ** 2, T, **options)
 
     @staticmethod
     def from_beta(beta: CoefficientFn, T: float = 1.0, **options) -> TabulatedLinearSDE:
         """A variance-preserving SDE `dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW` from `beta` alone."""
+        _callable("beta", beta)
         return TabulatedLinearSDE(lambda t: -0.5 * beta(t), beta, T, **options)
 
     @staticmethod
@@ -184,8 +187,14 @@ class LinearSDE(SDE):
         return DiscreteScheduleSDE(alphas_cumprod)
 
 
+def _callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise ArgumentTypeError(f"the coefficient {name} must be a function of t (a float64 tensor of times in, one value "
+                        f"per time out); got {type(fn).__name__} {fn!r}")
+
+
 def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number; got {value!r}")
     return float(value)
 
@@ -198,7 +207,7 @@ class VPSDE(LinearSDE):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
-        if not (isinstance(beta_min, (int, float)) and beta_min >= 0):
+        if not (isinstance(beta_min, (int, float)) and not isinstance(beta_min, bool) and math.isfinite(beta_min) and beta_min >= 0):
             raise ValueError(f"beta_min must be >= 0; got {beta_min!r}")
         _positive("beta_max", beta_max)
         if beta_max < beta_min:
@@ -442,7 +451,13 @@ class TabulatedLinearSDE(LinearSDE):
     """
 
     def __init__(self, f: CoefficientFn, g2: CoefficientFn, T: float = 1.0, intervals: int = 2048, t_min: float = 1e-3):
+        _callable("f", f)
+        _callable("g2", g2)
         self._f, self._g2, self.T = f, g2, _positive("T", T)
+        if isinstance(intervals, bool) or not isinstance(intervals, int) or intervals < 1:
+            raise ValueError(f"intervals must be a positive integer; got {intervals!r}")
+        if not (0 < _positive("t_min", t_min) < self.T):
+            raise ValueError(f"t_min must lie in (0, T) = (0, {self.T:g}); got {t_min!r}")
         self.default_t_min = float(t_min)
         nodes = torch.linspace(0.0, self.T, intervals + 1, dtype=torch.float64)
         f_nodes, g2_nodes = self._evaluate(f, nodes, "f"), self._evaluate(g2, nodes, "g^2")
@@ -465,6 +480,16 @@ class TabulatedLinearSDE(LinearSDE):
         g2_quad = self._evaluate(g2, quad_t, "g^2")
         rho_incr = (weights * g2_quad * torch.exp(-2 * log_alpha_quad)).reshape(intervals, -1).sum(1)
         rho = torch.cat([torch.zeros(1, dtype=torch.float64), rho_incr.cumsum(0)])
+        # float32 sampling needs alpha and sigma = alpha sqrt(rho) inside its range (|log| < 87)
+        log_sigma = log_alpha[1:] + 0.5 * torch.log(rho[1:])
+        worst = torch.maximum(log_alpha.abs().max(), log_sigma.abs().max())
+        if not (torch.isfinite(worst) and worst < 87):
+            t_bad = nodes[int(torch.argmax(torch.nan_to_num(log_alpha.abs(), nan=math.inf)))].item()
+            raise ValueError(
+                f"this drift f(t) and diffusion g(t) make alpha(t) = exp(int_0^t f) or sigma(t) leave the float32 range "
+                f"on [0, T] (log alpha = {log_alpha[-1].item():.4g} at T, worst near t = {t_bad:g}): the forward process "
+                "grows or shrinks the state by more than e^87; use a smaller |f(t)| or a shorter T"
+            )
         self._rho, self._drho = rho, g2_nodes * torch.exp(-2 * log_alpha)
 
     @staticmethod

@@ -2,8 +2,10 @@
 sde-likelihood, sde-arena. All read the same packaged config (conf/config.yaml) and take the same overrides; each
 writes to outputs/<its name>/DATE/TIME and returns its objective (the main metric) to a sweeper.
 
-A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2;
-Hydra itself reports unknown keys and wrong types of the typed top level (exit status 1).
+A configuration or checkpoint problem ends the run with one line naming the key or file, and exit status 2 (a
+run refused before it wrote anything leaves no output folder); Hydra itself reports unknown keys and wrong types of
+the typed top level (exit status 1). Training that stops on non-finite values exits with status 3; Ctrl-C or
+SIGTERM during training exits with 130 / 143 after printing the command that resumes the run (`recovery.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ..training import CheckpointError, distributed
-from . import jobs, parallel
+from ..training import CheckpointError, NonFiniteTrainingError, TrainingInterrupted, distributed
+from . import jobs, parallel, recovery
 from .config import ConfigError, register
 
 log = logging.getLogger("sde_diffusion")
@@ -38,8 +40,9 @@ def set_threads(threads) -> None:
 
 def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | None:
     """Run `job` in Hydra's output folder (rank 0's, on every rank); return its objective (`jobs.objective`)."""
+    hydra_cfg = HydraConfig.get()
     ctx = distributed.context()
-    out = parallel.shared_folder(Path(HydraConfig.get().runtime.output_dir), ctx)  # rank 0's, on every rank
+    out = parallel.shared_folder(Path(hydra_cfg.runtime.output_dir), ctx)  # rank 0's, on every rank
     try:
         set_threads(cfg.get("threads", 1))
         metrics = job(cfg, out)
@@ -47,7 +50,19 @@ def _run(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> float | No
     except (ConfigError, CheckpointError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        if ctx.is_main:
+            recovery.discard_if_empty(out, hydra_cfg.job.name)
         raise SystemExit(2) from None  # the message is the whole report
+    except NonFiniteTrainingError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except TrainingInterrupted as e:
+        name = job.__name__.removeprefix("run_").replace("main", "run")
+        command = recovery.resume_command(sys.argv[0], name, list(hydra_cfg.overrides.task), out)
+        log.warning("%s", e)
+        print(f"interrupted: {e}; resume with: {command}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     if ctx.is_main:
         print(f"outputs written to {out}")
     return value

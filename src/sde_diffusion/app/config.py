@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from typing import Any, cast
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+from ..registry import simple_types as _simple_types
+from ..registry import type_ok as _type_ok
 
 # Keys of a solver node that the app reads itself (the time grid), not options of the solver.
 SAMPLING_KEYS = ("steps", "grid")
@@ -46,6 +48,8 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or "cosine": after the warm-up, a cosine decay of the rate to 0 at `steps`
     grad_clip: float | None = 1.0
+    on_nonfinite: str = "skip"  # a NaN / inf loss or gradient: skip that step, or stop the run (training/guard.py)
+    max_nonfinite_steps: int = 10  # with skip: stop after this many non-finite steps in a row
     ema_decay: float = 0.999
     precision: str = "fp32"
     compile: bool = False
@@ -190,26 +194,6 @@ def _dispatched(target: str, node: dict, key: str) -> tuple[Callable | None, tup
     return (fn.__init__ if inspect.isclass(fn) else fn), extra
 
 
-def _simple_types(annotation) -> set[type] | None:
-    """The simple types an annotation allows ({int, float, bool, str, NoneType}), or None if it is not that simple."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
-    if origin is typing.Literal:
-        args = tuple({type(a) for a in typing.get_args(annotation)})
-    simple = {int, float, bool, str, type(None)}
-    if not args or any(a not in simple for a in args):
-        return None
-    return set(args)
-
-
-def _type_ok(value, allowed: set[type]) -> bool:
-    if isinstance(value, bool):
-        return bool in allowed
-    if isinstance(value, int):
-        return int in allowed or float in allowed
-    return type(value) in allowed
-
-
 def validate_node(node: dict, key: str, extra: tuple[str, ...] = ()) -> None:
     """Check one `_target_` node's keys and simple types against the signature of what it builds; `extra` are keys
     the app reads itself (a solver node's `steps` and `grid`)."""
@@ -287,4 +271,7 @@ def validate(cfg: DictConfig) -> dict:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {resolved['device']!r}")
     for key, node in _walk(resolved, ""):
         validate_node(node, key, SAMPLING_KEYS if key.startswith("solvers.") and key.count(".") == 1 else ())
+    from .preflight import check_values
+
+    check_values(resolved)
     return resolved

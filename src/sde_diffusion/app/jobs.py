@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -27,7 +26,16 @@ from ..sampling import sample as draw_samples
 from ..score import ScoreModel
 from ..solvers import Solver, get_grid
 from ..solvers import get as get_solver
-from ..training import CheckpointError, DSMLoss, Trainer, distributed, list_checkpoints, load_checkpoint
+from ..training import (
+    CheckpointError,
+    DSMLoss,
+    NonFiniteTrainingError,
+    Trainer,
+    TrainingInterrupted,
+    distributed,
+    list_checkpoints,
+    load_checkpoint,
+)
 from ..training.checkpoint import load_module_state
 from . import outputs, parallel, tracking
 from .config import SAMPLING_KEYS, ConfigError, validate
@@ -202,7 +210,8 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
         built.network, loss, built.data,
         batch_size=t["batch_size"], lr=t["lr"], weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
         lr_decay_steps=t["steps"] if t["lr_schedule"] == "cosine" else 0,
-        grad_clip=t["grad_clip"], ema_decay=t["ema_decay"], seed=built.config["seed"], device=built.device,
+        grad_clip=t["grad_clip"], on_nonfinite=t["on_nonfinite"], max_nonfinite_steps=t["max_nonfinite_steps"],
+        ema_decay=t["ema_decay"], seed=built.config["seed"], device=built.device,
         precision=t["precision"], compile=t["compile"], checkpoint_dir=out / "checkpoints",
         checkpoint_every=t["checkpoint_every"], keep_checkpoints=t["keep_checkpoints"], resume=t["resume"],
         log_every=t["log_every"], progress=built.config["sample"]["progress"],
@@ -214,6 +223,12 @@ def train(built: Built, out: Path) -> tuple[ScoreModel, dict]:
     start = time.perf_counter()
     try:
         history = trainer.train(t["steps"])
+    except (TrainingInterrupted, NonFiniteTrainingError) as e:  # keep what the run measured so far
+        if _is_main():
+            outputs.write_json(out / "metrics.json", {"train": {"steps": trainer.step, "stopped": str(e),
+                                                                "skipped_steps": trainer.skipped_steps},
+                                                      "loss_history": trainer.history})
+        raise
     finally:
         tracker.close()
     seconds = time.perf_counter() - start
@@ -597,9 +612,8 @@ def run_evaluate(cfg: DictConfig, out: Path) -> dict:
     built = build(cfg)
     if not _is_main():  # metrics of saved samples: rank 0's work alone
         return {}
-    with np.load(path) as arrays:
-        samples = {name: {"x": torch.from_numpy(arrays[name]), "solver": name, "steps": None, "grid": None,
-                          "nfe": None, "wall_time_s": None} for name in arrays.files}
+    samples = {name: {"x": x, "solver": name, "steps": None, "grid": None, "nfe": None, "wall_time_s": None}
+               for name, x in outputs.read_samples(path).items()}
     report = evaluate(built, samples)
     report["samples_file"] = str(path)
     outputs.write_json(out / "metrics.json", report)

@@ -73,6 +73,27 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
+def read_samples(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of a samples.npz (as `write_npz` writes), as tensors. A file that is not an .npz of plain numeric
+    arrays raises ConfigError naming `evaluate.samples`; pickled objects are never loaded (they could run code)."""
+    from .config import ConfigError
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if not hasattr(arrays, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            samples = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+    except Exception as e:  # numpy's text for a pickle suggests allow_pickle=True, which is unsafe: not quoted
+        kind = "it holds pickled Python objects" if "pickle" in str(e) else f"{type(e).__name__}"
+        raise ConfigError(f"evaluate.samples: {path} is not a samples .npz of numeric arrays ({kind}); give the "
+                          "samples.npz a run wrote, or its run folder") from None
+    bad = [n for n, x in samples.items() if not (x.is_floating_point() and x.ndim >= 2)]
+    if bad or not samples:
+        raise ConfigError(f"evaluate.samples: {path} holds no floating-point sample arrays of shape (n, ...) "
+                          f"({'arrays ' + str(bad) if bad else 'no arrays'})")
+    return samples
+
+
 def _pyplot():
     import matplotlib
 

@@ -30,6 +30,12 @@ class ArrayDataset(torch.utils.data.Dataset):
             raise ValueError(f"data must be a non-empty tensor of shape (N, ...); got {getattr(data, 'shape', type(data))}")
         if not (data.is_floating_point() or data.dtype == torch.uint8):
             raise ValueError(f"data must be floating point or uint8 pixels; got {data.dtype}")
+        if data.is_floating_point():
+            finite = torch.isfinite(data.reshape(len(data), -1)).all(1)
+            if not finite.all():
+                bad = (~finite).nonzero()[:, 0]
+                raise ValueError(f"data holds NaN or inf in {len(bad)} example(s), indices {bad[:8].tolist()}"
+                                 f"{' ...' if len(bad) > 8 else ''}: drop or repair them before training")
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long)
             if labels.shape != (len(data),):

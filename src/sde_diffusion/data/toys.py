@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..analytic import GaussianMixture
+from ..validation import integer, real
 from .dataset import ArrayDataset
 
 Sampler = Callable[[int, torch.Generator | None], torch.Tensor]
@@ -37,6 +38,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> torch.Tens
 
 def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.1) -> torch.Tensor:
     """The 2-D swiss roll of scikit-learn, (t cos t, t sin t) / 5 with t ~ U[1.5 pi, 4.5 pi], plus N(0, noise^2)."""
+    real("noise", noise, minimum=0)
     t = 1.5 * math.pi * (1 + 2 * _rand(n, generator))
     x = torch.stack([t * t.cos(), t * t.sin()], dim=1) / 5
     return (x + noise * _randn(n, 2, g=generator)).float()
@@ -44,6 +46,7 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
 
 def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> torch.Tensor:
     """scikit-learn's two interleaving half circles, centred and scaled by 1.5, plus N(0, noise^2)."""
+    real("noise", noise, minimum=0)
     u = math.pi * _rand(n, generator)
     lower = torch.randint(0, 2, (n,), generator=generator).bool()
     x = torch.where(lower, 1 - u.cos(), u.cos())
@@ -54,6 +57,7 @@ def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0
 
 def concentric_rings(n: int, generator: torch.Generator | None = None, radii=(0.5, 1.0, 1.5, 2.0), noise: float = 0.04) -> torch.Tensor:
     """Equal mass on concentric circles of the given radii, plus N(0, noise^2)."""
+    real("noise", noise, minimum=0)
     radius = torch.as_tensor(radii, dtype=torch.float64)[torch.randint(0, len(radii), (n,), generator=generator)]
     angle = 2 * math.pi * _rand(n, generator)
     pts = radius[:, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -120,7 +124,10 @@ def gaussian_mixture(
 ) -> ArrayDataset:
     """A training set drawn from a Gaussian mixture: the one given, or `GaussianMixture.random(dim, n_components,
     condition=...)` seeded by `seed`. `.mixture` holds it, for exact scores (`mixture.score_model(sde)`)."""
+    integer("n", n, minimum=1)
     if mixture is None:
+        integer("dim", dim, minimum=1)
+        integer("n_components", n_components, minimum=1)
         mixture = GaussianMixture.random(dim, n_components, condition=condition, generator=torch.Generator().manual_seed(seed))
     sampler = lambda k, g: mixture.sample(k, g).float()  # noqa: E731
     data = sampler(n, torch.Generator().manual_seed(seed + 1))

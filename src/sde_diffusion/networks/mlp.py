@@ -53,6 +53,8 @@ class MLP(nn.Module):
         for name, value in (("dim", dim), ("width", width), ("depth", depth)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}")
         self.dim, self.num_classes = dim, num_classes
         self.conditioning = Conditioning(width, T, time_embedding, num_classes, embedding_dim)
         self.input = nn.Linear(dim, width)

@@ -95,6 +95,12 @@ class UNet(nn.Module):
         T: float = 1.0,
     ):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("channels", channels), ("num_res_blocks", num_res_blocks),
+                            ("heads", heads), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}")
         channel_mults = tuple(channel_mults)
         if not channel_mults or any(not (isinstance(m, int) and m >= 1) for m in channel_mults):
             raise ValueError(f"channel_mults must be a non-empty sequence of positive integers; got {channel_mults!r}")

@@ -14,6 +14,24 @@ import torch
 
 from ..registry import build
 from ..sde import SDE, LinearSDE
+from ..validation import ArgumentTypeError, real
+
+MAX_STEPS = 100_000
+"""The most steps a named grid takes: samplers converge within ~1000, and 10**7 steps would run for hours with no
+sign of progress. A given grid of times (grid=[...]) may hold more, on purpose."""
+
+
+def check_steps(steps) -> int:
+    """`steps` as a positive int up to MAX_STEPS; a bool or float is a TypeError (True is not 1 step)."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ArgumentTypeError(f"steps must be a positive integer; got {type(steps).__name__} {steps!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps={steps} is more than any sampler needs (they converge within ~1000 steps; this "
+                         f"would run for hours): use steps <= {MAX_STEPS}, or pass grid=<a list of times> to take "
+                         "that many on purpose")
+    return steps
 
 
 class TimeGrid:
@@ -22,9 +40,9 @@ class TimeGrid:
     name = ""
 
     def __call__(self, sde: SDE, steps: int, t_min: float, t_max: float | None = None) -> torch.Tensor:
-        t_max = sde.T if t_max is None else float(t_max)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        t_max = sde.T if t_max is None else real("t_max", t_max)
+        t_min = real("t_min", t_min)
+        check_steps(steps)
         if not 0 <= t_min < t_max <= sde.T * (1 + 1e-12):
             raise ValueError(f"need 0 <= t_min < t_max <= T = {sde.T:g}; got t_min={t_min:g}, t_max={t_max:g}")
         u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
@@ -123,17 +141,29 @@ class ShiftedGrid(TimeGrid):
 
 
 class GivenGrid(TimeGrid):
-    """A user's own decreasing times; `steps`, `t_min` and `t_max` are read from them."""
+    """A user's own decreasing times; `steps`, `t_min` and `t_max` are read from them. Given as well, each must agree
+    with the times (steps = len(times) - 1, t_min = times[-1], t_max = times[0]), never silently overridden."""
 
     name = "given"
 
     def __init__(self, times: Sequence[float] | torch.Tensor):
-        self.values = torch.as_tensor(times, dtype=torch.float64).flatten()
+        try:
+            self.values = torch.as_tensor(times, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise ArgumentTypeError(f"grid must be a grid name, a TimeGrid or a sequence of times; got {type(times).__name__} {times!r}") from None
+        if not torch.isfinite(self.values).all():
+            raise ValueError("a given time grid holds NaN or inf; every time must be finite")
         if len(self.values) < 2 or not (self.values[1:] < self.values[:-1]).all():
             raise ValueError("a given time grid needs at least two strictly decreasing times")
 
     def __call__(self, sde, steps=None, t_min=None, t_max=None):
         lo, hi = self.values[-1].item(), self.values[0].item()
+        given = {"steps": (steps, len(self.values) - 1), "t_min": (t_min, lo), "t_max": (t_max, hi)}
+        clash = [f"{k}={v!r} (the times give {mine:g})" for k, (v, mine) in given.items()
+                 if v is not None and not (v == mine or (k != "steps" and math.isclose(float(v), mine, rel_tol=1e-9, abs_tol=1e-12)))]
+        if clash:
+            raise ValueError(f"a given grid of times fixes steps, t_min and t_max, but {', '.join(clash)} disagree: "
+                             "leave them out, or change the times")
         if lo < 0 or hi > sde.T * (1 + 1e-12):
             raise ValueError(f"given times must lie in [0, T] = [0, {sde.T:g}]; got [{lo:g}, {hi:g}]")
         return self.values.clone()

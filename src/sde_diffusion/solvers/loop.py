@@ -37,11 +37,12 @@ class SampleResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def check_finite(x: torch.Tensor, solver: Solver, step: int, of: int | str, t, t_next) -> None:
-    """Raise NonFiniteError naming the step and times when x holds NaN or inf."""
-    if not torch.isfinite(x).all():
+def check_finite(x: torch.Tensor, solver: Solver, step: int, of: int | str, t, t_next, what: str = "state") -> None:
+    """Raise NonFiniteError naming the step and times when x holds NaN or inf (`what`: "state" or "error estimate",
+    the latter raised whatever x holds)."""
+    if what != "state" or not torch.isfinite(x).all():
         raise NonFiniteError(
-            f"{solver.name or type(solver).__name__}: NaN or inf after step {step} of {of} "
+            f"{solver.name or type(solver).__name__}: NaN or inf {'in the error estimate ' if what != 'state' else ''}after step {step} of {of} "
             f"(t = {float(t):.6g} -> {float(t_next):.6g}). Check the score network's output at that time, "
             "use more steps, or stop earlier (a larger t_min)."
         )
@@ -71,12 +72,19 @@ def integrate(
     bar = _progress_bar(progress, solver.name or type(solver).__name__, controller.steps_label)
     while (proposal := controller.propose(control, solver, state, counter() - nfe_start)) is not None:
         idx, s, s_next = proposal
+        if not torch.isfinite(s_next).all():  # the controller's step came from a NaN error or first-step probe
+            raise NonFiniteError(
+                f"{solver.name or type(solver).__name__}: the step size is NaN before step {control.attempts + 1} "
+                f"(from t = {float(chart.time(s if s.ndim == 0 else s[0])):.6g}): the score network gave NaN or inf "
+                "where the step-size controller probed it; check its output near t_min, or stop earlier (a larger t_min)")
         y_part, state_part = (y, state) if idx is None else (y[idx], state.select(idx))
         before = counter()
         y_next, error, state_next = solver.step(problem, y_part, s, s_next, state_part, select_noise(generator, idx))
-        if not torch.isfinite(y_next).all():
+        if not torch.isfinite(y_next).all() or (error is not None and not torch.isfinite(error).all()):
             t, t_next = (chart.time(v if v.ndim == 0 else v[0]) for v in (s, s_next))
-            check_finite(y_next, solver, control.attempts + 1, controller.steps_label, t, t_next)
+            # a NaN error estimate (an embedded pair's last stage) would otherwise turn into a NaN step size
+            check_finite(y_next, solver, control.attempts + 1,
+                         controller.steps_label, t, t_next, what="state" if not torch.isfinite(y_next).all() else "error estimate")
         accepted = controller.adapt(control, proposal, error, *solver.error_scale(y_part, y_next, state_part, state_next))
         if idx is None:
             if bool(accepted):

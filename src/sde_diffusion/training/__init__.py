@@ -3,10 +3,12 @@
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, init_distributed, shutdown
 from .ema import EMA
+from .guard import NonFiniteTrainingError
+from .interrupt import TrainingInterrupted
 from .losses import WEIGHTINGS, DSMLoss, eps_error_scale
 from .trainer import ShardedBatches, Trainer, derive_seed
 
 __all__ = [
-    "CheckpointError", "DSMLoss", "DistributedContext", "EMA", "ShardedBatches", "Trainer", "WEIGHTINGS", "derive_seed",
-    "eps_error_scale", "init_distributed", "list_checkpoints", "load_checkpoint", "save_checkpoint", "shutdown",
+    "CheckpointError", "DSMLoss", "DistributedContext", "EMA", "NonFiniteTrainingError", "ShardedBatches", "Trainer", "WEIGHTINGS", "derive_seed",
+    "eps_error_scale", "init_distributed", "list_checkpoints", "load_checkpoint", "save_checkpoint", "shutdown", "TrainingInterrupted",
 ]

@@ -11,14 +11,17 @@ Everything stored is plain tensors, numbers, strings, lists and dicts, so checkp
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
 FORMAT = "sde_diffusion.checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.step_\d+\.pt\.tmp-(\d+)$")
 
 
 class CheckpointError(RuntimeError):
@@ -38,17 +41,75 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _abandoned(pid: int) -> bool:
+    """A temporary file of this process (not writing now) or of one that no longer runs."""
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def prepare_directory(directory: str | Path) -> list[Path]:
+    """Make sure checkpoints can be written to `directory` before any training: create it, refuse a path that is a
+    file or not writable (CheckpointError naming the path and the cause), and delete the temporary files that an
+    interrupted write of a process no longer running left behind. Returns the files deleted."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CheckpointError(f"checkpoint_dir {directory} exists but is not a directory; choose another path") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot create checkpoint_dir {directory}: {_cause(e)}") from None
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint_dir {directory} exists but is not a directory; choose another path")
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint_dir {directory} is not writable: {_cause(e)}; fix its permissions or choose another path") from None
+    stale = [p for p in directory.iterdir() if (m := _TEMPORARY.match(p.name)) and _abandoned(int(m.group(1)))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _cause(e: OSError) -> str:
+    """An OSError in words: its errno's meaning (no space left, read-only, ...) and the path."""
+    known = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+             errno.EACCES: "permission denied", errno.ENOTDIR: "a component of the path is not a directory",
+             errno.EDQUOT: "the disk quota is exceeded"}
+    return (known.get(e.errno) if e.errno is not None else None) or (e.strerror or str(e)) + (f" ({e.filename})" if e.filename else "")
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    """Write `state` to `path` atomically (temporary file, fsync, rename). A failed write (full disk, read-only file
+    system, ...) raises CheckpointError naming the path and the cause; the previous files are untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            cause = _cause(e)
+        else:  # torch's writer reports a failed write as a RuntimeError without the errno
+            free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else None
+            cause = f"the write failed ({free} bytes free on that file system)" if free is not None else "the write failed"
+        raise CheckpointError(f"could not write checkpoint {path}: {cause}. The previous checkpoints in "
+                              f"{path.parent} are untouched; free space or choose another checkpoint_dir") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -75,10 +136,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        # torch's text for a foreign pickle advises weights_only=False, which would run code from the file: not quoted
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = "" if "weights_only" in str(e) or "pickle" in str(e).lower() else f": {first[:200]}"
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}). "
-            + _older_hint(path)
-        ) from e
+            f"checkpoint {path} is corrupt or truncated (or not a tensors-only checkpoint) and cannot be read safely "
+            f"({type(e).__name__}{detail}). " + _older_hint(path)
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not an sde_diffusion training checkpoint (format {found!r}, expected {FORMAT!r})")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import validation as check
 from ..score import ScoreModel
 from . import distributed
 from .checkpoint import (
@@ -34,10 +35,13 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_module_state,
+    prepare_directory,
     prune_checkpoints,
     save_checkpoint,
 )
 from .ema import EMA
+from .guard import NonFiniteGuard, grad_norm
+from .interrupt import StopSignals, TrainingInterrupted
 from .losses import DSMLoss
 
 PRECISIONS = ("fp32", "bf16")
@@ -80,6 +84,7 @@ class ShardedBatches:
             self.epoch, self.position = self.epoch + 1, 0
         start = self.position * self.batch_size
         indices = self.shard(self.epoch)[start : start + self.batch_size]
+        self.last = {"epoch": self.epoch, "position": self.position, "indices": indices}  # named if the step fails
         self.position += 1
         if hasattr(self.dataset, "batch"):
             return self.dataset.batch(indices)
@@ -114,6 +119,9 @@ class Trainer:
         lr_decay_steps: with N > 0, after the warm-up the rate follows a cosine from lr down to 0 at step N
             (Loshchilov & Hutter 2017), and stays 0 after; 0 keeps it constant.
         grad_clip: maximum global gradient norm (None or 0: no clipping).
+        on_nonfinite: what a step whose loss or gradient norm is NaN or inf does; it is never applied. "skip": it
+            is recorded in `skipped_steps` and the run goes on; "stop": the run stops at the first (see `guard.py`).
+        max_nonfinite_steps: with "skip", stop after this many non-finite steps in a row.
         ema_decay: decay of the EMA of the weights used for sampling (`EMA`).
         ema_warmup: the EMA's warm-up (`EMA`).
         seed: all randomness derives from it (and the rank).
@@ -124,7 +132,8 @@ class Trainer:
         checkpoint_every: steps between checkpoints (0 = only at the end of `train`).
         keep_checkpoints: how many checkpoints to keep.
         resume: continue from the newest checkpoint in `checkpoint_dir`. Without it, a directory that already
-            holds checkpoints is refused, so another run's files are never overwritten.
+            holds checkpoints is refused, so another run's files are never overwritten. The directory is checked
+            (created, writable, not a file) and cleared of stale temporary files before any training.
         eval_every: steps between calls of `eval_fn`.
         eval_fn: `eval_fn(trainer) -> dict of metrics`, called every `eval_every` steps on rank 0.
         log_every: steps between logged records (mean loss, lr, gradient norm, steps/s) in `history`.
@@ -145,6 +154,8 @@ class Trainer:
         warmup_steps: int = 0,
         lr_decay_steps: int = 0,
         grad_clip: float | None = 1.0,
+        on_nonfinite: str = "skip",
+        max_nonfinite_steps: int = 10,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
         seed: int = 0,
@@ -165,10 +176,23 @@ class Trainer:
             raise TypeError(f"loss must be a DSMLoss; got {type(loss).__name__}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-        if not lr > 0:
-            raise ValueError(f"lr must be positive; got {lr}")
-        if isinstance(lr_decay_steps, bool) or not (isinstance(lr_decay_steps, int) and lr_decay_steps >= 0):
-            raise ValueError(f"lr_decay_steps must be an integer >= 0 (0: a constant rate); got {lr_decay_steps!r}")
+        lr, weight_decay = check.real("lr", lr, positive=True), check.real("weight_decay", weight_decay, minimum=0)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
+        betas = (check.real("betas[0]", betas[0], minimum=0, below=1), check.real("betas[1]", betas[1], minimum=0, below=1))
+        if grad_clip is not None:
+            grad_clip = check.real("grad_clip", grad_clip, minimum=0)  # < 0 would train backwards
+        for name, value in (("warmup_steps", warmup_steps), ("checkpoint_every", checkpoint_every),
+                            ("eval_every", eval_every), ("seed", seed)):
+            check.integer(name, value, minimum=0)
+        check.integer("lr_decay_steps", lr_decay_steps, minimum=0)
+        check.integer("keep_checkpoints", keep_checkpoints, minimum=1)
+        check.integer("log_every", log_every, minimum=1)
+        check.integer("batch_size", batch_size, minimum=1)
+        for name, value in (("ema_warmup", ema_warmup), ("resume", resume), ("compile", compile)):
+            check.flag(name, value)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if eval_every and eval_fn is None:
             raise ValueError("eval_every is set but no eval_fn was given")
         self.ctx = distributed.context()
@@ -203,7 +227,10 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._saved_step: int | None = None
+        self.guard = NonFiniteGuard(on_nonfinite, max_nonfinite_steps)
 
+        if self.checkpoint_dir is not None and self.ctx.is_main:
+            prepare_directory(self.checkpoint_dir)
         if self.checkpoint_dir is not None and list_checkpoints(self.checkpoint_dir):
             if not resume:
                 raise CheckpointError(
@@ -228,8 +255,14 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimisation step; returns the loss and the gradient norm before clipping (device tensors)."""
+    @property
+    def skipped_steps(self) -> list[dict]:
+        """The steps the non-finite guard did not apply: step, loss, grad_norm, epoch, batch, nonfinite_examples."""
+        return self.guard.skipped
+
+    def train_step(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One optimisation step; returns the loss and the gradient norm before clipping (device tensors). A step
+        whose loss or gradient norm is not finite is not applied (see `on_nonfinite`); it returns (None, None)."""
         x0, labels = next(self.batches)
         x0 = x0.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True) if self.conditional and labels is not None else None
@@ -239,16 +272,23 @@ class Trainer:
             loss = self.loss(self.train_model, x0, self.generator, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
+        norm = grad_norm(self.model.parameters(), self.grad_clip)
+        self.step += 1
+        if not self.guard.finite(loss, norm):
+            self.guard.reject(self.step, loss, norm, self.batches.last, x0)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, None
+        self.guard.accept()
         self.optimizer.step()
         self.ema.update(self.model)
-        self.step += 1
-        return loss.detach(), grad_norm
+        return loss.detach(), norm if self.grad_clip else None
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self, steps: int) -> list[dict[str, Any]]:
         """Train until `self.step == steps` (a total, so a resumed run stops where an uninterrupted one does);
-        returns the logged history. A final checkpoint is written when `checkpoint_dir` is set."""
+        returns the logged history. A final checkpoint is written when `checkpoint_dir` is set. SIGINT / SIGTERM
+        stop the run after the current step with a checkpoint and raise `TrainingInterrupted`."""
+        check.integer("steps", steps, minimum=0)
         if steps < self.step:
             raise ValueError(f"asked to train to step {steps}, but the trainer is already at step {self.step}")
         self.model.train()
@@ -257,32 +297,49 @@ class Trainer:
             from ..progress import progress_bar
 
             bar = progress_bar(steps, "train", initial=self.step)
-        loss_sum, grad_sum, since, clock = None, None, 0, time.perf_counter()
+        signals = StopSignals(enabled=not self.ctx.distributed)
         try:
-            while self.step < steps:
-                loss, grad_norm = self.train_step()
-                loss_sum = loss if loss_sum is None else loss_sum + loss
-                if grad_norm is not None:
-                    grad_sum = grad_norm if grad_sum is None else grad_sum + grad_norm
-                since += 1
-                if bar is not None:
-                    bar.update(1)
-                if self.step % self.log_every == 0 or self.step == steps:
-                    now = time.perf_counter()
-                    record = self._log(loss_sum / since, None if grad_sum is None else grad_sum / since, since / (now - clock))
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{record['steps_per_s']:.1f}")
-                    loss_sum, grad_sum, since, clock = None, None, 0, time.perf_counter()
-                if self.eval_every and self.step % self.eval_every == 0:
-                    self.evaluate()
-                if self.checkpoint_dir is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if self.checkpoint_dir is not None and self._saved_step != self.step:
-                self.save_checkpoint()
+            with signals:
+                self._loop(steps, signals, bar)
         finally:
             if bar is not None:
                 bar.close()
         return self.history
+
+    def _loop(self, steps: int, signals: StopSignals, bar) -> None:
+        """Steps until `steps`, logging the mean of the finite steps' losses, evaluating and checkpointing."""
+        loss_sum, grad_sum, since, finite, clock = None, None, 0, 0, time.perf_counter()
+        while self.step < steps:
+            if signals.received is not None:
+                raise TrainingInterrupted(signals.received, self.step, self._checkpoint_now())
+            loss, grad_norm = self.train_step()
+            if loss is not None:  # None: a non-finite step the guard skipped
+                loss_sum, finite = (loss if loss_sum is None else loss_sum + loss), finite + 1
+            if grad_norm is not None:
+                grad_sum = grad_norm if grad_sum is None else grad_sum + grad_norm
+            since += 1
+            if bar is not None:
+                bar.update(1)
+            if (self.step % self.log_every == 0 or self.step == steps) and finite and loss_sum is not None:
+                now = time.perf_counter()
+                record = self._log(loss_sum / finite, None if grad_sum is None else grad_sum / finite, since / (now - clock))
+                record["skipped_steps"] = len(self.guard.skipped)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", steps_per_s=f"{record['steps_per_s']:.1f}")
+                loss_sum, grad_sum, since, finite, clock = None, None, 0, 0, time.perf_counter()
+            if self.eval_every and self.step % self.eval_every == 0:
+                self.evaluate()
+            if self.checkpoint_dir is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self.save_checkpoint()
+        self._checkpoint_now()
+
+    def _checkpoint_now(self) -> Path | None:
+        """Save unless the current step is already saved (or there is no checkpoint_dir); the newest file or None."""
+        if self.checkpoint_dir is None:
+            return None
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        return checkpoint_path(self.checkpoint_dir, self.step)
 
     def _log(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, steps_per_s: float) -> dict:
         mean_loss = distributed.mean_over_ranks(loss.float(), self.ctx).item()
@@ -364,12 +421,18 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "config": self.config(),
             "history": self.history,
+            "nonfinite_guard": self.guard.state_dict(),
         }
 
     def save_checkpoint(self) -> Path | None:
         """Write `step_<step>.pt` atomically to `checkpoint_dir` (rank 0) and prune old ones. Every rank must call it."""
         if self.checkpoint_dir is None:
             raise ValueError("no checkpoint_dir was given to the Trainer")
+        for what, module in (("model", self.model), ("EMA model", self.ema.module)):
+            if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+                newest = list_checkpoints(self.checkpoint_dir)
+                raise CheckpointError(f"not writing the checkpoint of step {self.step}: the {what}'s weights hold NaN or "
+                                      f"inf; the last finite checkpoint ({newest[-1] if newest else 'none'}) is kept")
         state = self.state_dict()
         path = None
         if self.ctx.is_main:
@@ -409,4 +472,6 @@ class Trainer:
         if self.ctx.rank < len(rng):
             self._set_rng_state(rng[self.ctx.rank])
         self.step, self.history = int(state["step"]), list(state.get("history", []))
+        if "nonfinite_guard" in state:
+            self.guard.load_state_dict(state["nonfinite_guard"])
         self._saved_step = self.step
