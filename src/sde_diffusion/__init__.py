@@ -2,14 +2,17 @@
 
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `OUSDE`, `CosineVPSDE`, `EDMSDE`, or any `LinearSDE` built from
 its coefficients), the reverse SDE and probability flow, score models in any parameterisation, exact
-Gaussian-mixture ground truth, every solver behind one `sample` call, time grids calibrated to a solver and a
+Gaussian-mixture ground truth, every solver behind one `sample` call, guidance (`guidance`) and inpainting
+(`inpaint`), time grids calibrated to a solver and a
 model (`calibrate_grid`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
 from . import adapters, analytic, calibration, data, discrete, likelihood, metrics, networks, schedules, solvers, training
+from . import guidance
 from .analytic import GaussianMixture
 from .calibration import Calibration, calibrate_grid
+from .inpainting import inpaint
 from .reverse import ReverseSDE
 from .sampling import sample
 from .score import PREDICTIONS, ScoreModel
@@ -23,6 +26,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "calibrate_grid", "Calibration", "guidance", "inpaint", "adapters", "analytic", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
     "schedules", "solvers", "training",
 ]

@@ -150,10 +150,25 @@ class GaussianMixture:
         alpha, sigma = self._alpha_sigma(x, t, sde)
         return self._log_prob_and_score(x, alpha, sigma, with_score=False)[0]
 
-    def score(self, x: torch.Tensor, t: Time, sde: LinearSDE) -> torch.Tensor:
-        """The exact marginal score grad_x log p_t(x) under `sde`."""
+    def score(self, x: torch.Tensor, t: Time, sde: LinearSDE, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact marginal score grad_x log p_t(x) under `sde`; with `labels` (a `(batch,)` integer tensor), the
+        exact class-conditional score grad_x log p_t(x | k) of component k = labels[i] for each sample, and the
+        mixture's score where the label is negative (`NULL_LABEL`: no class)."""
         alpha, sigma = self._alpha_sigma(x, t, sde)
-        return self._log_prob_and_score(x, alpha, sigma, with_score=True)[1]
+        return self._log_prob_and_score(x, alpha, sigma, with_score=True, labels=labels)[1]
+
+    def conditional_network(self, sde: LinearSDE):
+        """`network(x, t, labels) -> score`: the exact class-conditional score, labels = component indices, as a
+        class-conditional score network (prediction "score") with `num_classes` = the number of components."""
+        mixture = self
+
+        class ExactConditionalScore:
+            num_classes = mixture.n_components
+
+            def __call__(self, x, t, labels=None):
+                return mixture.score(x, t, sde, labels)
+
+        return ExactConditionalScore()
 
     def score_model(self, sde: LinearSDE) -> ScoreModel:
         """A `ScoreModel` whose network is the exact score; NFE is counted like any network's."""
@@ -163,7 +178,7 @@ class GaussianMixture:
         t = as_time(t, x)
         return sde.alpha(t), sde.sigma(t)
 
-    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool):
+    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool, labels: torch.Tensor | None = None):
         if x.shape[1:] != self.event_shape:
             raise ValueError(f"x must have shape (batch, *{self.event_shape}); got {tuple(x.shape)}")
         flat = x.reshape(x.shape[0], self.dim)
@@ -180,6 +195,15 @@ class GaussianMixture:
         if not with_score:
             return log_p, None
         resp = torch.softmax(joint, dim=1)  # (B, K)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=x.device)
+            if labels.shape != (x.shape[0],) or labels.dtype.is_floating_point:
+                raise ValueError(f"labels must be a (batch,) = ({x.shape[0]},) integer tensor; got {labels.dtype}, {tuple(labels.shape)}")
+            if (labels >= self.n_components).any():
+                raise ValueError(f"labels must be component indices in [0, {self.n_components}) or negative (no class); "
+                                 f"got {int(labels.max())}")
+            one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), self.n_components).to(resp.dtype)
+            resp = torch.where((labels >= 0)[:, None], one_hot, resp)
         comp_score = -torch.einsum("kij,bkj->bki", U, z / var)
         score = (resp[:, :, None] * comp_score).sum(1)
         return log_p, score.reshape(x.shape)
