@@ -178,7 +178,14 @@ class GaussianMixture:
         t = as_time(t, x)
         return sde.alpha(t), sde.sigma(t)
 
-    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool, labels: torch.Tensor | None = None):
+    def class_logits(self, x: torch.Tensor, t: Time, sde: LinearSDE) -> torch.Tensor:
+        """log w_k + log N(x; alpha mu_k, alpha^2 C_k + sigma^2 I), `(batch, K)`: the logits of the exact
+        noise-conditional classifier p_t(k | x) (their softmax), for classifier guidance on ground truth."""
+        alpha, sigma = self._alpha_sigma(x, t, sde)
+        return self._joint(x, alpha, sigma)[0]
+
+    def _joint(self, x: torch.Tensor, alpha, sigma):
+        """(log w_k + log N_k(x), eigenbases U, eigen-coordinates z, eigenvalues var) of the marginal components."""
         if x.shape[1:] != self.event_shape:
             raise ValueError(f"x must have shape (batch, *{self.event_shape}); got {tuple(x.shape)}")
         flat = x.reshape(x.shape[0], self.dim)
@@ -190,7 +197,10 @@ class GaussianMixture:
         diff = flat[:, None, :] - alpha * mu[None]  # (B, K, d)
         z = torch.einsum("kji,bkj->bki", U, diff)  # coordinates in each component's eigenbasis
         log_normal = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
-        joint = logw[None] + log_normal
+        return logw[None] + log_normal, U, z, var
+
+    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool, labels: torch.Tensor | None = None):
+        joint, U, z, var = self._joint(x, alpha, sigma)
         log_p = torch.logsumexp(joint, dim=1)
         if not with_score:
             return log_p, None
