@@ -220,3 +220,14 @@ class GaussianMixture:
 
     def __repr__(self):
         return f"GaussianMixture(n_components={self.n_components}, dim={self.dim})"
+
+
+def gaussian_conditional(mean: torch.Tensor, cov: torch.Tensor, known: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The law of the unobserved entries of x ~ N(mean, cov) given x[known] = y[known] (`known` a boolean (d,) mask):
+
+        mean_U + C_UK C_KK^-1 (y_K - mean_K),    C_UU - C_UK C_KK^-1 C_KU.
+    """
+    known = torch.as_tensor(known, dtype=torch.bool)
+    K, U = known, ~known
+    gain = torch.linalg.solve(cov[K][:, K], cov[K][:, U]).T  # C_UK C_KK^-1 (C symmetric)
+    return mean[U] + gain @ (y[K] - mean[K]), cov[U][:, U] - gain @ cov[K][:, U]
