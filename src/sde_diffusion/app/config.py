@@ -96,6 +96,38 @@ class EvaluateConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Steering the samples (`sde_diffusion.guidance`): `kind` none, cfg (classifier-free: a model with num_classes,
+    trained with train.loss.label_dropout > 0) or classifier (a noise-conditional classifier, `classifier`, trained
+    on the same data and SDE for `classifier_steps` after the score model). `labels`: the classes requested, cycled
+    over the samples (null: 0, 1, ..., K-1 in turn). `interval`: [lo, hi] in sigma / alpha (cfg only)."""
+
+    kind: str = "none"
+    weight: float = 1.0
+    interval: Optional[list] = None
+    scale: float = 1.0
+    labels: Optional[list] = None
+    classifier: Any = None
+    classifier_steps: int = 2000
+    classifier_batch_size: int = 256
+    classifier_lr: float = 1e-3
+
+
+@dataclass
+class InpaintConfig:
+    """Inpainting after sampling (`sde_diffusion.inpaint`) with every configured solver, of the first `n` held-out
+    examples with the part `observed` known (upper_half, left_half, or random: a fraction `fraction` of entries).
+    `method` null skips it; tmpd (exact for Gaussian data), replacement or repaint."""
+
+    method: Optional[str] = None
+    observed: str = "upper_half"
+    fraction: float = 0.5
+    n: int = 360
+    cg_iterations: int = 5
+    resample: int = 10
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -112,6 +144,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
 
 def register() -> None:

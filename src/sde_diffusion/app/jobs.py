@@ -25,7 +25,7 @@ from ..score import ScoreModel
 from ..solvers import Solver, get_grid
 from ..training import CheckpointError, DSMLoss, Trainer, list_checkpoints, load_checkpoint
 from ..training.checkpoint import load_module_state
-from . import outputs
+from . import outputs, steering
 from .config import SAMPLING_KEYS, ConfigError, validate
 
 log = logging.getLogger("sde_diffusion")
@@ -97,7 +97,9 @@ def build(cfg: DictConfig) -> Built:
         samplers[name] = Sampler(solver, steps, _checked_grid(node.get("grid"), solver, f"solvers.{name}.grid"))
     if any(sampler.grid == CALIBRATED for sampler in samplers.values()):
         _check_calibration(resolved["sample"]["calibration"])
-    return Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+    built = Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+    steering.check(built)
+    return built
 
 
 def _check_calibration(c) -> None:
@@ -366,9 +368,12 @@ def run_main(cfg: DictConfig, out: Path) -> dict:
     score, training = train(built, out)
     if built.config["plots"]:
         outputs.plot_loss(out / "loss.png", training["history"])
+    score, guidance = steering.guided(built, score, out)
     samples = sample_all(built, score)
     report = evaluate(built, samples, score)
-    return _finish(built, out, samples, report, {"train": training["summary"], "loss_history": training["history"]})
+    extra = {"train": training["summary"], "loss_history": training["history"], "guidance": guidance,
+             "inpainting": steering.inpainting(built, score, out)}
+    return _finish(built, out, samples, report, extra)
 
 
 def run_train(cfg: DictConfig, out: Path) -> dict:
@@ -387,10 +392,11 @@ def run_sample(cfg: DictConfig, out: Path) -> dict:
     cfg, file = load_run(cfg, cfg.sample.checkpoint)
     built = build(cfg)
     outputs.write_config(out / "config.yaml", built.config)
-    score = score_from_checkpoint(built, file)
+    score, guidance = steering.guided(built, score_from_checkpoint(built, file), out)
     samples = sample_all(built, score)
     report = evaluate(built, samples, score)
-    return _finish(built, out, samples, report, {"checkpoint": str(file)})
+    extra = {"checkpoint": str(file), "guidance": guidance, "inpainting": steering.inpainting(built, score, out)}
+    return _finish(built, out, samples, report, extra)
 
 
 def run_evaluate(cfg: DictConfig, out: Path) -> dict:
