@@ -225,3 +225,9 @@ def test_bad_guidance_input_fails_clearly():
     with pytest.raises(TypeError, match="ScoreModel"):
         ClassifierGuidance(lambda x, t: x, lambda x, t: x, 0, 1.0)
     assert math.isfinite(ClassifierGuidance(model, NoiseConditionalClassifier(2, 4), 1, 1.0).score(torch.randn(3, 2), 0.5).sum().item())
+
+
+def test_readme_guidance_example_runs():
+    from .test_readme import example
+
+    exec(compile(example("Guidance and inpainting"), "README.md: Guidance and inpainting", "exec"), {})
