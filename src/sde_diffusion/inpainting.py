@@ -171,6 +171,9 @@ class Imputation(Solver):
     def controller(self, times):
         return self.inner.controller(times)
 
+    def options(self) -> dict:
+        return {**self.inner.options(), "resample": self.resample}
+
     def _noise(self, x, generator):
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
