@@ -65,6 +65,10 @@ def main():
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--inpaint-steps", type=int, default=50)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--tmpd-max-noise-level", type=float, default=1.0,
+                        help="the second tmpd row: correct the score only where sigma / alpha <= this")
+    parser.add_argument("--parts", nargs="+", default=["cfg", "inpaint", "classifier"],
+                        help="which parts to run (the others keep their numbers from the last JSON)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,9 @@ def main():
     x_test, y_test = test.tensors()
     start = time.perf_counter()
     clf = train_classifier(train)
-    row = {"judge_test_accuracy": accuracy(clf, x_test, y_test), "judge_seconds": time.perf_counter() - start}
+    last = RESULTS / "guidance_digits.json"
+    row = json.loads(last.read_text()) if last.exists() and set(args.parts) != {"cfg", "inpaint", "classifier"} else {}
+    row.update(judge_test_accuracy=accuracy(clf, x_test, y_test), judge_seconds=time.perf_counter() - start)
     print(f"judge: test accuracy {row['judge_test_accuracy']:.3f} ({row['judge_seconds']:.0f} s)")
 
     sde = sd.VPSDE()
@@ -95,8 +101,9 @@ def main():
 
     # -- classifier-free guidance -------------------------------------------------------------------------------
     labels = torch.arange(args.n) % 10
-    row["cfg"], shown = [], {}
-    for w in args.weights:
+    shown, filled = {}, {}
+    for w in args.weights if "cfg" in args.parts else []:
+        row["cfg"] = [] if w == args.weights[0] else row["cfg"]
         cfg = ClassifierFreeGuidance(net, labels, w)
         model = sd.ScoreModel(cfg, sde, "eps")
         clock = time.perf_counter()
@@ -115,21 +122,22 @@ def main():
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[:, :4] = True  # the upper half is observed
     unconditional = sd.ScoreModel(ClassifierFreeGuidance(net, NULL_LABEL), sde, "eps")
-    row["inpainting"], filled = [], {}
-    for method in ("tmpd", "replacement", "repaint"):
+    variants = [("tmpd", {}), ("tmpd", {"max_noise_level": args.tmpd_max_noise_level}), ("replacement", {}),
+                ("repaint", {"resample": 5})]
+    for method, options in variants if "inpaint" in args.parts else []:
+        row["inpainting"] = [] if not filled else row["inpainting"]
         clock = time.perf_counter()
-        options = dict(resample=5) if method == "repaint" else {}
         with torch.no_grad():
             result = sd.inpaint(sde, unconditional, args.solver, known=x_test, mask=mask, method=method,
                                 steps=args.inpaint_steps, generator=torch.Generator().manual_seed(2), **options)
         x = result.x.clamp(-1, 1)
-        entry = {"method": method, "upper_half_kept_exactly": bool(torch.equal(result.x[:, :, :4], x_test[:, :, :4])),
+        entry = {"method": method, **options, "upper_half_kept_exactly": bool(torch.equal(result.x[:, :, :4], x_test[:, :, :4])),
                  "accuracy_vs_true_label": accuracy(clf, x, y_test), "nfe": result.nfe,
                  "lower_half_rmse_vs_truth": (result.x[:, :, 4:] - x_test[:, :, 4:]).pow(2).mean().sqrt().item(),
                  **{k: v for k, v in result.stats["inpainting"].items() if k != "method"}, "seconds": time.perf_counter() - clock}
         row["inpainting"].append(entry)
-        filled[method] = x[:10]
-        print(f"inpainting ({method}): upper half kept exactly: {entry['upper_half_kept_exactly']}, judge agrees with "
+        filled[method + "".join(f" {k}={v}" for k, v in options.items())] = x[:10]
+        print(f"inpainting ({method} {options}): upper half kept exactly: {entry['upper_half_kept_exactly']}, judge agrees with "
               f"the true label on {entry['accuracy_vs_true_label']:.1%} (chance 10%), lower-half RMSE "
               f"{entry['lower_half_rmse_vs_truth']:.3f}, {result.nfe} NFE, {entry['seconds']:.0f} s")
     masked_only = torch.where(mask, x_test, torch.full_like(x_test, -1.0))
@@ -137,8 +145,8 @@ def main():
     print(f"reference: the judge on the upper half alone (lower half blank): {row['upper_half_only_accuracy']:.1%}")
 
     # -- classifier guidance with a noise-conditional classifier trained by the Trainer ---------------------------
-    row["classifier_guidance"] = []
-    if args.classifier_seconds > 0:
+    if args.classifier_seconds > 0 and "classifier" in args.parts:
+        row["classifier_guidance"] = []
         torch.manual_seed(0)
         noisy = NoiseConditionalClassifier(64, 10, width=256, depth=3, dropout=0.1)
         trainer = Trainer(noisy, ClassifierLoss(sde), train, batch_size=128, lr=1e-3, warmup_steps=100, ema_decay=0.999,
@@ -159,7 +167,8 @@ def main():
                   f"{model.classifier_evaluations} classifier evaluations + {model.classifier_backward_passes} backward")
 
     (RESULTS / "guidance_digits.json").write_text(json.dumps(row, indent=2))
-    plot(shown, x_test[:10], filled, mask, FIGURES / "guidance_digits.png")
+    if shown and filled:
+        plot(shown, x_test[:10], filled, mask, FIGURES / "guidance_digits.png")
     print(f"wrote {RESULTS / 'guidance_digits.json'} and {FIGURES / 'guidance_digits.png'}")
 
 

@@ -74,22 +74,31 @@ def batched_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iterations: int,
-                       rtol: float = 1e-6) -> tuple[torch.Tensor, int]:
+                       rtol: float = 1e-6, max_curvature: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Solve A z = b per sample by conjugate gradients (Hestenes & Stiefel 1952) from z = 0, A symmetric positive
     definite given by `matvec` (batched). Stops after `iterations` products, or when every sample's residual is below
-    rtol |b|; a sample whose curvature p^T A p is not positive stops where it is. Returns (z, products used)."""
+    rtol |b|. Safeguarded for an operator that is only approximately SPD: a sample whose curvature
+    p^T A p / p^T p is not positive, or exceeds `max_curvature` (a per-sample bound on A's eigenvalues, broadcastable
+    to b), keeps the iterate it has and takes no further steps. Returns (z, products used)."""
     z, r = torch.zeros_like(b), b.clone()
     p, rs = r.clone(), batched_dot(r, r)
     stop = rs * rtol**2
+    active = rs > 0
+    one = torch.ones_like(rs)
     for k in range(iterations):
         Ap = matvec(p)
-        curvature = batched_dot(p, Ap)
-        step = torch.where(curvature > 0, rs / curvature.where(curvature > 0, torch.ones_like(curvature)), torch.zeros_like(rs))
+        curvature, length = batched_dot(p, Ap), batched_dot(p, p)
+        valid = curvature > 0
+        if max_curvature is not None:
+            valid = valid & (curvature <= max_curvature * length)
+        active = active & valid
+        step = torch.where(active, rs / curvature.where(active, one), torch.zeros_like(rs))
         z, r = z + step * p, r - step * Ap
         rs_next = batched_dot(r, r)
-        if bool((rs_next <= stop).all()):
+        active = active & (rs_next > stop)
+        if not bool(active.any()):
             return z, k + 1
-        p = r + torch.where(rs > 0, rs_next / rs.where(rs > 0, torch.ones_like(rs)), torch.zeros_like(rs)) * p
+        p = r + torch.where(active, rs_next / rs.where(active, one), torch.zeros_like(rs)) * p
         rs = rs_next
     return z, iterations
 
@@ -102,7 +111,7 @@ class TweedieConditionalScore:
     """
 
     def __init__(self, model: ScoreModel, known: torch.Tensor, mask: torch.Tensor, *, cg_iterations: int = 5,
-                 cg_rtol: float = 1e-6, observation_std: float = 0.0):
+                 cg_rtol: float = 1e-6, observation_std: float = 0.0, max_noise_level: float | None = None):
         if not isinstance(model.sde, LinearSDE):
             raise ValueError("tmpd inpainting needs a LinearSDE (Tweedie's moments use alpha and sigma)")
         if not (isinstance(cg_iterations, int) and cg_iterations >= 1):
@@ -110,7 +119,10 @@ class TweedieConditionalScore:
         if not observation_std >= 0:
             raise ValueError(f"observation_std must be >= 0; got {observation_std}")
         self.model, self.known, self.mask = model, known, mask
+        if max_noise_level is not None and not max_noise_level > 0:
+            raise ValueError(f"max_noise_level (in sigma / alpha) must be positive or None; got {max_noise_level}")
         self.cg_iterations, self.cg_rtol, self.observation_std = cg_iterations, float(cg_rtol), float(observation_std)
+        self.max_noise_level = max_noise_level
         self.evaluations = self.vjp = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -122,7 +134,12 @@ class TweedieConditionalScore:
         t = batch_time(t, x)
         sde = self.model.sde
         alpha, sigma = append_dims(sde.alpha(t), x.ndim), append_dims(sde.sigma(t), x.ndim)
+        if self.max_noise_level is not None and bool((sigma / alpha > self.max_noise_level).all()):
+            self.evaluations += 1
+            return self.model.score(x, t)  # above the window: the unconditional score, one forward
         mask = self.mask.to(x.dtype)
+        if self.max_noise_level is not None:  # per-sample times: no correction for the samples above the window
+            mask = mask * (sigma / alpha <= self.max_noise_level).to(x.dtype)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             mean = self.model.x0(x, t)  # E[x_0 | x_t]: the step's one forward
@@ -136,7 +153,11 @@ class TweedieConditionalScore:
                 return mask * (sigma**2 / alpha) * jacobian_t(mask * v) + self.observation_std**2 * v
 
             residual = mask * (self.known.to(x.dtype) - mean.detach())
-            z, _ = conjugate_gradient(covariance, residual, self.cg_iterations, self.cg_rtol)
+            # Cov[x_0 | x_t] = (sigma^2 / alpha^2) Cov[eps | x_t] lies below (sigma^2 / alpha^2) I for Gaussian data:
+            # a learned network's Jacobian can break this at high noise (1 / alpha amplifies its errors), and CG
+            # then stops for that sample rather than follow a direction of garbage curvature.
+            bound = sigma**2 / alpha**2 + self.observation_std**2
+            z, _ = conjugate_gradient(covariance, residual, self.cg_iterations, self.cg_rtol, bound.expand(len(x), *bound.shape[1:]))
             correction = jacobian_t(z)
         score = (alpha * mean.detach() - x.detach()) / sigma**2  # Tweedie: x_0 prediction -> score
         return (score + correction).detach()
@@ -203,6 +224,7 @@ def inpaint(
     method: str = "tmpd",
     cg_iterations: int = 5,
     observation_std: float = 0.0,
+    max_noise_level: float | None = None,
     resample: int = 10,
     **sample_options,
 ) -> SampleResult:
@@ -214,6 +236,10 @@ def inpaint(
         method: "tmpd" (default, exact for Gaussian data), "replacement" or "repaint" (see the module docstring).
         cg_iterations, observation_std: tmpd's conjugate-gradient products per evaluation and the observation
             noise r (0: exact observations).
+        max_noise_level: tmpd corrects the score only where sigma / alpha <= this (None: everywhere, exact for
+            Gaussian data). For a learned network the Jacobian of E[x_0 | x_t] at high noise is noise amplified by
+            1 / alpha (measured on the digits U-Net: covariance eigenvalues of -4200..1300 at t = T where the truth is
+            below 3), and the exact correction there is O(alpha) anyway.
         resample: repaint's repetitions of each step (Lugmayr et al. use 10).
         sample_options: what `sample` takes (`steps`, `grid`, `t_min`, `generator`, `x_T`, ...) and solver options.
 
@@ -240,7 +266,8 @@ def inpaint(
     model = as_score_model(sde, score)
     nfe_start = model.nfe
     if method == "tmpd":
-        conditional = TweedieConditionalScore(model, known, mask, cg_iterations=cg_iterations, observation_std=observation_std)
+        conditional = TweedieConditionalScore(model, known, mask, cg_iterations=cg_iterations, observation_std=observation_std,
+                                              max_noise_level=max_noise_level)
         result = sample(sde, ScoreModel(conditional, sde, "score", check_time=model.check_time), solver,
                         denoise=True, **start, **sample_options)
         stats = {"method": method, "forward": conditional.evaluations, "vjp": conditional.vjp}
