@@ -88,6 +88,23 @@ def test_conjugate_gradient_solves_batched_spd_systems():
     assert used <= 6 and torch.allclose(z, torch.linalg.solve(A, b), atol=1e-8)
 
 
+def test_conjugate_gradient_stops_a_sample_at_bad_curvature():
+    """An indefinite (or too stiff) operator stops the samples it misleads, leaving the others to converge."""
+    A = torch.stack([torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64)),
+                     torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64)),
+                     torch.diag(torch.tensor([50.0, 1.0], dtype=torch.float64))])
+    b = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    z, _ = conjugate_gradient(lambda v: (A @ v[:, :, None])[:, :, 0], b, 10, max_curvature=torch.full((3, 1), 10.0))
+    assert torch.allclose(z[0], torch.tensor([0.5, 1.0], dtype=torch.float64)) and torch.equal(z[1:], torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_a_noise_level_window_covering_every_step_changes_nothing():
+    full, window = run("tmpd", "dpm_solver_pp_2m", 10), run("tmpd", "dpm_solver_pp_2m", 10, max_noise_level=1e6)
+    assert torch.equal(full.x, window.x) and full.stats == window.stats
+    low = run("tmpd", "dpm_solver_pp_2m", 10, max_noise_level=0.5)
+    assert low.nfe == full.nfe and low.stats["inpainting"]["vjp"] < full.stats["inpainting"]["vjp"]
+
+
 def test_bad_inpainting_input_fails_clearly():
     sde = sd.VPSDE()
     model = sd.GaussianMixture.gaussian(MEAN, COV).score_model(sde)
@@ -106,5 +123,7 @@ def test_bad_inpainting_input_fails_clearly():
         sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, shape=(16, 4))
     with pytest.raises(ValueError, match="is adaptive"):
         sd.inpaint(sde, model, "dopri5", known=known, mask=KNOWN_ENTRIES, method="replacement")
+    with pytest.raises(ValueError, match="max_noise_level"):
+        sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, max_noise_level=0.0)
     with pytest.raises(ValueError, match="resample must be a positive integer"):
         sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, method="repaint", resample=0)
