@@ -65,8 +65,8 @@ def main():
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--inpaint-steps", type=int, default=50)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
-    parser.add_argument("--tmpd-max-noise-level", type=float, default=1.0,
-                        help="the second tmpd row: correct the score only where sigma / alpha <= this")
+    parser.add_argument("--tmpd-max-update", type=float, default=2.0,
+                        help="the second tmpd row: its trust region (max change of E[x_0 | x_t] per unit residual)")
     parser.add_argument("--parts", nargs="+", default=["cfg", "inpaint", "classifier"],
                         help="which parts to run (the others keep their numbers from the last JSON)")
     args = parser.parse_args()
@@ -122,7 +122,7 @@ def main():
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[:, :4] = True  # the upper half is observed
     unconditional = sd.ScoreModel(ClassifierFreeGuidance(net, NULL_LABEL), sde, "eps")
-    variants = [("tmpd", {}), ("tmpd", {"max_noise_level": args.tmpd_max_noise_level}), ("replacement", {}),
+    variants = [("tmpd", {}), ("tmpd", {"max_update": args.tmpd_max_update}), ("replacement", {}),
                 ("repaint", {"resample": 5})]
     for method, options in variants if "inpaint" in args.parts else []:
         row["inpainting"] = [] if not filled else row["inpainting"]

@@ -98,9 +98,10 @@ def test_conjugate_gradient_stops_a_sample_at_bad_curvature():
     assert torch.allclose(z[0], torch.tensor([0.5, 1.0], dtype=torch.float64)) and torch.equal(z[1:], torch.zeros(2, 2, dtype=torch.float64))
 
 
-def test_a_noise_level_window_covering_every_step_changes_nothing():
+def test_a_noise_level_window_or_trust_region_that_never_binds_changes_nothing():
     full, window = run("tmpd", "dpm_solver_pp_2m", 10), run("tmpd", "dpm_solver_pp_2m", 10, max_noise_level=1e6)
     assert torch.equal(full.x, window.x) and full.stats == window.stats
+    assert torch.equal(full.x, run("tmpd", "dpm_solver_pp_2m", 10, max_update=1e6).x)  # a slack trust region
     low = run("tmpd", "dpm_solver_pp_2m", 10, max_noise_level=0.5)
     assert low.nfe == full.nfe and low.stats["inpainting"]["vjp"] < full.stats["inpainting"]["vjp"]
 
@@ -123,6 +124,8 @@ def test_bad_inpainting_input_fails_clearly():
         sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, shape=(16, 4))
     with pytest.raises(ValueError, match="is adaptive"):
         sd.inpaint(sde, model, "dopri5", known=known, mask=KNOWN_ENTRIES, method="replacement")
+    with pytest.raises(ValueError, match="max_update must be positive"):
+        sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, max_update=-1.0)
     with pytest.raises(ValueError, match="max_noise_level"):
         sd.inpaint(sde, model, "euler", known=known, mask=KNOWN_ENTRIES, max_noise_level=0.0)
     with pytest.raises(ValueError, match="resample must be a positive integer"):

@@ -111,7 +111,8 @@ class TweedieConditionalScore:
     """
 
     def __init__(self, model: ScoreModel, known: torch.Tensor, mask: torch.Tensor, *, cg_iterations: int = 5,
-                 cg_rtol: float = 1e-6, observation_std: float = 0.0, max_noise_level: float | None = None):
+                 cg_rtol: float = 1e-6, observation_std: float = 0.0, max_noise_level: float | None = None,
+                 max_update: float | None = None):
         if not isinstance(model.sde, LinearSDE):
             raise ValueError("tmpd inpainting needs a LinearSDE (Tweedie's moments use alpha and sigma)")
         if not (isinstance(cg_iterations, int) and cg_iterations >= 1):
@@ -122,7 +123,9 @@ class TweedieConditionalScore:
         if max_noise_level is not None and not max_noise_level > 0:
             raise ValueError(f"max_noise_level (in sigma / alpha) must be positive or None; got {max_noise_level}")
         self.cg_iterations, self.cg_rtol, self.observation_std = cg_iterations, float(cg_rtol), float(observation_std)
-        self.max_noise_level = max_noise_level
+        if max_update is not None and not max_update > 0:
+            raise ValueError(f"max_update must be positive or None; got {max_update}")
+        self.max_noise_level, self.max_update = max_noise_level, max_update
         self.evaluations = self.vjp = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -159,6 +162,10 @@ class TweedieConditionalScore:
             bound = sigma**2 / alpha**2 + self.observation_std**2
             z, _ = conjugate_gradient(covariance, residual, self.cg_iterations, self.cg_rtol, bound.expand(len(x), *bound.shape[1:]))
             correction = jacobian_t(z)
+        if self.max_update is not None:  # trust region: |change of E[x_0 | x_t]| <= max_update |y - M m|
+            update = (sigma**2 / alpha) * batched_dot(correction, correction).sqrt()
+            limit = self.max_update * batched_dot(residual, residual).sqrt()
+            correction = correction * torch.where(update > limit, limit / update.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(update))
         score = (alpha * mean.detach() - x.detach()) / sigma**2  # Tweedie: x_0 prediction -> score
         return (score + correction).detach()
 
@@ -225,6 +232,7 @@ def inpaint(
     cg_iterations: int = 5,
     observation_std: float = 0.0,
     max_noise_level: float | None = None,
+    max_update: float | None = None,
     resample: int = 10,
     **sample_options,
 ) -> SampleResult:
@@ -240,6 +248,8 @@ def inpaint(
             Gaussian data). For a learned network the Jacobian of E[x_0 | x_t] at high noise is noise amplified by
             1 / alpha (measured on the digits U-Net: covariance eigenvalues of -4200..1300 at t = T where the truth is
             below 3), and the exact correction there is O(alpha) anyway.
+        max_update: tmpd's trust region: the correction may move E[x_0 | x_t] by at most this times the residual
+            |y - M E[x_0 | x_t]| (None: no limit, exact for Gaussian data; exact also whenever the bound is slack).
         resample: repaint's repetitions of each step (Lugmayr et al. use 10).
         sample_options: what `sample` takes (`steps`, `grid`, `t_min`, `generator`, `x_T`, ...) and solver options.
 
@@ -267,7 +277,7 @@ def inpaint(
     nfe_start = model.nfe
     if method == "tmpd":
         conditional = TweedieConditionalScore(model, known, mask, cg_iterations=cg_iterations, observation_std=observation_std,
-                                              max_noise_level=max_noise_level)
+                                              max_noise_level=max_noise_level, max_update=max_update)
         result = sample(sde, ScoreModel(conditional, sde, "score", check_time=model.check_time), solver,
                         denoise=True, **start, **sample_options)
         stats = {"method": method, "forward": conditional.evaluations, "vjp": conditional.vjp}

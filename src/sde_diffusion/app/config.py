@@ -124,6 +124,9 @@ class InpaintConfig:
     fraction: float = 0.5
     n: int = 360
     cg_iterations: int = 5
+    observation_std: float = 0.0
+    max_noise_level: Optional[float] = None  # tmpd: correct the score only where sigma / alpha <= this
+    max_update: Optional[float] = None  # tmpd: trust region on the change of E[x_0 | x_t], per unit residual
     resample: int = 10
 
 

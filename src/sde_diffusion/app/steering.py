@@ -119,7 +119,9 @@ def inpaint_all(built, score: ScoreModel, held_out: torch.Tensor) -> tuple[dict,
         start = time.perf_counter()
         with torch.no_grad():
             result = inpaint(built.sde, score, sampler.solver, known=truth, mask=mask, method=p["method"],
-                             cg_iterations=p["cg_iterations"], resample=p["resample"], steps=sampler.steps,
+                             cg_iterations=p["cg_iterations"], observation_std=p["observation_std"],
+                             max_noise_level=p["max_noise_level"], max_update=p["max_update"], resample=p["resample"],
+                             steps=sampler.steps,
                              generator=torch.Generator(device=built.device).manual_seed(built.config["seed"] + 8))
         x = result.x.detach().cpu()
         samples[f"inpaint_{name}"] = x
