@@ -107,6 +107,8 @@ def inpaint_all(built, score: ScoreModel, held_out: torch.Tensor) -> tuple[dict,
     p = built.config["inpaint"]
     if p["method"] is None:
         return {}, {}
+    if isinstance(score, ClassifierGuidance):  # inpaint from the score without the classifier's pull
+        score = score.base
     if isinstance(score.network, ClassifierFreeGuidance):  # inpaint from the unconditional score
         score = ScoreModel(ClassifierFreeGuidance(score.network.network, NULL_LABEL), built.sde, score.prediction)
     truth = held_out[: p["n"]].to(built.device)
