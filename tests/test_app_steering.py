@@ -29,8 +29,10 @@ def test_guided_digits_run(guidance, tmp_path):
         assert metrics["guidance"]["classifier"]["steps"] == 4 and (tmp_path / "classifier").is_dir()
 
 
-def test_digits_inpainting_run_keeps_the_observed_half(tmp_path):
-    metrics = jobs.run_main(cfg_of("experiment=digits_inpainting", *TINY, "inpaint.n=8"), tmp_path)
+@pytest.mark.parametrize("guidance", ["none", "classifier"])
+def test_digits_inpainting_run_keeps_the_observed_half(guidance, tmp_path):
+    extra = ["guidance=classifier", "guidance.classifier_steps=2", "guidance.classifier.width=16"] if guidance != "none" else []
+    metrics = jobs.run_main(cfg_of("experiment=digits_inpainting", *TINY, "inpaint.n=8", *extra), tmp_path)
     for name in ("pc", "pf_ode"):
         row = metrics["inpainting"][name]
         assert row["observed_kept_exactly"] and row["nfe"] == 3 + 1 and row["vjp"] > row["nfe"]
