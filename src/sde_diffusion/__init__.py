@@ -2,8 +2,9 @@
 
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `OUSDE`, `CosineVPSDE`, `EDMSDE`, or any `LinearSDE` built from
 its coefficients), the reverse SDE and probability flow, score models in any parameterisation, exact
-Gaussian-mixture ground truth, every solver behind one `sample` call, time grids calibrated to a solver and a
-model (`calibrate_grid`) and a solver tuned to it (`autotune`), exact likelihoods (`likelihood`), and
+Gaussian-mixture ground truth, every solver behind one `sample` call, guidance (`guidance`) and inpainting
+(`inpaint`), time grids calibrated to a solver and a model (`calibrate_grid`) and a solver tuned to it
+(`autotune`), exact likelihoods (`likelihood`), and
 denoising score matching with networks and data to train on (`training`, `networks`, `data`).
 """
 
@@ -14,6 +15,7 @@ from . import (
     calibration,
     data,
     discrete,
+    guidance,
     likelihood,
     metrics,
     networks,
@@ -25,6 +27,7 @@ from . import (
 from .analytic import GaussianMixture
 from .autotuning import Autotuned, autotune
 from .calibration import Calibration, calibrate_grid
+from .inpainting import inpaint
 from .noise import SeededNoise
 from .reverse import ReverseSDE
 from .sampling import sample
@@ -39,6 +42,6 @@ __all__ = [
     "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "OUSDE", "CosineVPSDE", "EDMSDE", "TabulatedLinearSDE",
     "DiscreteScheduleSDE", "MarginalLinearSDE", "RectifiedFlowSDE",
     "ReverseSDE", "ScoreModel", "PREDICTIONS", "GaussianMixture", "sample", "SampleResult", "NonFiniteError",
-    "calibrate_grid", "Calibration", "autotune", "Autotuned", "SeededNoise", "adapters", "analytic", "autotuning", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
+    "calibrate_grid", "Calibration", "autotune", "Autotuned", "SeededNoise", "guidance", "inpaint", "adapters", "analytic", "autotuning", "calibration", "data", "discrete", "likelihood", "metrics", "networks",
     "noise", "schedules", "solvers", "training",
 ]

@@ -154,10 +154,25 @@ class GaussianMixture:
         alpha, sigma = self._alpha_sigma(x, t, sde)
         return self._log_prob_and_score(x, alpha, sigma, with_score=False)[0]
 
-    def score(self, x: torch.Tensor, t: Time, sde: LinearSDE) -> torch.Tensor:
-        """The exact marginal score grad_x log p_t(x) under `sde`."""
+    def score(self, x: torch.Tensor, t: Time, sde: LinearSDE, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact marginal score grad_x log p_t(x) under `sde`; with `labels` (a `(batch,)` integer tensor), the
+        exact class-conditional score grad_x log p_t(x | k) of component k = labels[i] for each sample, and the
+        mixture's score where the label is negative (`NULL_LABEL`: no class)."""
         alpha, sigma = self._alpha_sigma(x, t, sde)
-        return self._log_prob_and_score(x, alpha, sigma, with_score=True)[1]
+        return self._log_prob_and_score(x, alpha, sigma, with_score=True, labels=labels)[1]
+
+    def conditional_network(self, sde: LinearSDE):
+        """`network(x, t, labels) -> score`: the exact class-conditional score, labels = component indices, as a
+        class-conditional score network (prediction "score") with `num_classes` = the number of components."""
+        mixture = self
+
+        class ExactConditionalScore:
+            num_classes = mixture.n_components
+
+            def __call__(self, x, t, labels=None):
+                return mixture.score(x, t, sde, labels)
+
+        return ExactConditionalScore()
 
     def score_model(self, sde: LinearSDE) -> ScoreModel:
         """A `ScoreModel` whose network is the exact score; NFE is counted like any network's."""
@@ -169,7 +184,14 @@ class GaussianMixture:
         t = as_time(t, x)
         return sde.alpha(t), sde.sigma(t)
 
-    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool):
+    def class_logits(self, x: torch.Tensor, t: Time, sde: LinearSDE) -> torch.Tensor:
+        """log w_k + log N(x; alpha mu_k, alpha^2 C_k + sigma^2 I), `(batch, K)`: the logits of the exact
+        noise-conditional classifier p_t(k | x) (their softmax), for classifier guidance on ground truth."""
+        alpha, sigma = self._alpha_sigma(x, t, sde)
+        return self._joint(x, alpha, sigma)[0]
+
+    def _joint(self, x: torch.Tensor, alpha, sigma):
+        """(log w_k + log N_k(x), eigenbases U, eigen-coordinates z, eigenvalues var) of the marginal components."""
         if x.shape[1:] != self.event_shape:
             raise ValueError(f"x must have shape (batch, *{self.event_shape}); got {tuple(x.shape)}")
         flat = x.reshape(x.shape[0], self.dim)
@@ -181,14 +203,37 @@ class GaussianMixture:
         diff = flat[:, None, :] - alpha * mu[None]  # (B, K, d)
         z = torch.einsum("kji,bkj->bki", U, diff)  # coordinates in each component's eigenbasis
         log_normal = -0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
-        joint = logw[None] + log_normal
+        return logw[None] + log_normal, U, z, var
+
+    def _log_prob_and_score(self, x: torch.Tensor, alpha, sigma, with_score: bool, labels: torch.Tensor | None = None):
+        joint, U, z, var = self._joint(x, alpha, sigma)
         log_p = torch.logsumexp(joint, dim=1)
         if not with_score:
             return log_p, None
         resp = torch.softmax(joint, dim=1)  # (B, K)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=x.device)
+            if labels.shape != (x.shape[0],) or labels.dtype.is_floating_point:
+                raise ValueError(f"labels must be a (batch,) = ({x.shape[0]},) integer tensor; got {labels.dtype}, {tuple(labels.shape)}")
+            if (labels >= self.n_components).any():
+                raise ValueError(f"labels must be component indices in [0, {self.n_components}) or negative (no class); "
+                                 f"got {int(labels.max())}")
+            one_hot = torch.nn.functional.one_hot(labels.clamp(min=0), self.n_components).to(resp.dtype)
+            resp = torch.where((labels >= 0)[:, None], one_hot, resp)
         comp_score = -torch.einsum("kij,bkj->bki", U, z / var)
         score = (resp[:, :, None] * comp_score).sum(1)
         return log_p, score.reshape(x.shape)
 
     def __repr__(self):
         return f"GaussianMixture(n_components={self.n_components}, dim={self.dim})"
+
+
+def gaussian_conditional(mean: torch.Tensor, cov: torch.Tensor, known: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The law of the unobserved entries of x ~ N(mean, cov) given x[known] = y[known] (`known` a boolean (d,) mask):
+
+        mean_U + C_UK C_KK^-1 (y_K - mean_K),    C_UU - C_UK C_KK^-1 C_KU.
+    """
+    known = torch.as_tensor(known, dtype=torch.bool)
+    K, U = known, ~known
+    gain = torch.linalg.solve(cov[K][:, K], cov[K][:, U]).T  # C_UK C_KK^-1 (C symmetric)
+    return mean[U] + gain @ (y[K] - mean[K]), cov[U][:, U] - gain @ cov[K][:, U]

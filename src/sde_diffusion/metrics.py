@@ -142,3 +142,13 @@ def median_relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
     that end in another mixture component (near a decision boundary, a small error sends one there) do not set it."""
     per_sample = (x.to(reference.dtype) - reference).reshape(len(x), -1).norm(dim=1)
     return float(per_sample.median() / reference.reshape(len(x), -1).pow(2).sum(1).mean().sqrt())
+
+
+def moment_errors(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Errors of the sample mean and sample covariance of `x` (n, d) against a Gaussian N(mean, cov), in standard
+    errors of n draws from it: Var[mean_i] = C_ii / n, Var[cov_ij] = (C_ii C_jj + C_ij^2) / n."""
+    x, mean, cov = _flat(x).to(cov.dtype), mean.to(cov.dtype), cov
+    var, n = torch.diag(cov), len(x)
+    mean_z = (x.mean(0) - mean) / (var / n).sqrt()
+    cov_z = (torch.cov(x.T).reshape(cov.shape) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
+    return mean_z, cov_z

@@ -131,6 +131,41 @@ class LoggerConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Steering the samples (`sde_diffusion.guidance`): `kind` none, cfg (classifier-free: a model with num_classes,
+    trained with train.loss.label_dropout > 0) or classifier (a noise-conditional classifier, `classifier`, trained
+    on the same data and SDE for `classifier_steps` after the score model). `labels`: the classes requested, cycled
+    over the samples (null: 0, 1, ..., K-1 in turn). `interval`: [lo, hi] in sigma / alpha (cfg only)."""
+
+    kind: str = "none"
+    weight: float = 1.0
+    interval: list | None = None
+    scale: float = 1.0
+    labels: list | None = None
+    classifier: Any = None
+    classifier_steps: int = 2000
+    classifier_batch_size: int = 256
+    classifier_lr: float = 1e-3
+
+
+@dataclass
+class InpaintConfig:
+    """Inpainting after sampling (`sde_diffusion.inpaint`) with every configured solver, of the first `n` held-out
+    examples with the part `observed` known (upper_half, left_half, or random: a fraction `fraction` of entries).
+    `method` null skips it; tmpd (exact for Gaussian data), replacement or repaint."""
+
+    method: str | None = None
+    observed: str = "upper_half"
+    fraction: float = 0.5
+    n: int = 360
+    cg_iterations: int = 5
+    observation_std: float = 0.0
+    max_noise_level: float | None = None  # tmpd: correct the score only where sigma / alpha <= this
+    max_update: float | None = None  # tmpd: trust region on the change of E[x_0 | x_t], per unit residual
+    resample: int = 10
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -153,6 +188,8 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
 
 def register() -> None:

@@ -37,7 +37,7 @@ from ..training import (
     load_checkpoint,
 )
 from ..training.checkpoint import load_module_state
-from . import outputs, parallel, tracking
+from . import outputs, parallel, steering, tracking
 from .config import SAMPLING_KEYS, ConfigError, validate
 
 log = logging.getLogger("sde_diffusion")
@@ -131,7 +131,9 @@ def build(cfg: DictConfig) -> Built:
         raise ConfigError(f"sample.batch_size must be a positive integer or null (a rank's whole shard); got {batch!r}")
     if any(sampler.grid == CALIBRATED for sampler in samplers.values()):
         _check_calibration(resolved["sample"]["calibration"])
-    return Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+    built = Built(sde, data, network, samplers, resolve_device(resolved["device"]), resolved)
+    steering.check(built)
+    return built
 
 
 def _check_calibration(c) -> None:
@@ -566,8 +568,11 @@ def run_main(cfg: DictConfig, out: Path) -> dict:
     score, training = train(built, out)
     if built.config["plots"] and _is_main():
         outputs.plot_loss(out / "loss.png", training["history"])
+    score, guidance = steering.guided(built, score, out)
     samples, report = _sample_and_evaluate(built, score)
-    return _finish(built, out, samples, report, {"train": training["summary"], "loss_history": training["history"]})
+    extra = {"train": training["summary"], "loss_history": training["history"], "guidance": guidance,
+             "inpainting": steering.inpainting(built, score, out) if _is_main() else {}}
+    return _finish(built, out, samples, report, extra)
 
 
 def run_train(cfg: DictConfig, out: Path) -> dict:
@@ -587,9 +592,11 @@ def run_sample(cfg: DictConfig, out: Path) -> dict:
     cfg, file = load_run(cfg, cfg.sample.checkpoint)
     built = build(cfg)
     _write_start(built, out)
-    score = score_from_checkpoint(built, file)
+    score, guidance = steering.guided(built, score_from_checkpoint(built, file), out)
     samples, report = _sample_and_evaluate(built, score)
-    return _finish(built, out, samples, report, {"checkpoint": str(file)})
+    extra = {"checkpoint": str(file), "guidance": guidance,
+             "inpainting": steering.inpainting(built, score, out) if _is_main() else {}}
+    return _finish(built, out, samples, report, extra)
 
 
 def run_evaluate(cfg: DictConfig, out: Path) -> dict:

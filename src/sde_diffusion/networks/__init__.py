@@ -1,9 +1,11 @@
 """Score networks: `MLP` for low-dimensional data, `UNet` for images, both called as `network(x, t, labels=None)`.
 
 A trained network plugs into sampling as `ScoreModel(network, sde, prediction)`; a class-conditional one through
-`ClassConditional(network, labels, guidance)` first.
+`sde_diffusion.guidance.ClassifierFreeGuidance(network, labels, weight)` first (or its earlier name `ClassConditional`).
+`NoiseConditionalClassifier` is the classifier of classifier guidance.
 """
 
+from .classifier import NoiseConditionalClassifier
 from .embeddings import NULL_LABEL, FourierTimeEmbedding, LabelEmbedding, SinusoidalTimeEmbedding, time_embedding
 from .guidance import ClassConditional
 from .invariant import batch_invariant
@@ -11,6 +13,6 @@ from .mlp import MLP
 from .unet import UNet
 
 __all__ = [
-    "NULL_LABEL", "ClassConditional", "FourierTimeEmbedding", "LabelEmbedding", "MLP", "SinusoidalTimeEmbedding",
+    "NULL_LABEL", "ClassConditional", "FourierTimeEmbedding", "LabelEmbedding", "MLP", "NoiseConditionalClassifier", "SinusoidalTimeEmbedding",
     "UNet", "batch_invariant", "time_embedding",
 ]

@@ -59,15 +59,20 @@ class MLP(nn.Module):
         self.conditioning = Conditioning(width, T, time_embedding, num_classes, embedding_dim)
         self.input = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, dropout) for _ in range(depth))
-        self.output = nn.Linear(width, dim)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+        output = nn.Linear(width, dim)
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
+        self.output: nn.Module = output
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream after the last block, `(batch, width)`."""
         if math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"this MLP takes {self.dim} values per example; got x of shape {tuple(x.shape)}")
+            raise ValueError(f"this {type(self).__name__} takes {self.dim} values per example; got x of shape {tuple(x.shape)}")
         c = self.conditioning(t, labels, len(x))
         h = self.input(x.reshape(len(x), self.dim))
         for block in self.blocks:
             h = block(h, c)
-        return self.output(h).reshape(x.shape)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.output(self.features(x, t, labels)).reshape(x.shape)
