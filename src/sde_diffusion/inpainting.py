@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import as_score_model, sample
-from .score import ScoreModel
+from .score import ScoreModel, eps_and_x0, target_from
 from .sde import SDE, LinearSDE
 from .solvers import SampleResult, Solver, get
 from .solvers.problems import chart_of
@@ -167,7 +167,8 @@ class TweedieConditionalScore:
             update = (sigma**2 / alpha) * batched_dot(correction, correction).sqrt()
             limit = self.max_update * batched_dot(residual, residual).sqrt()
             correction = correction * torch.where(update > limit, limit / update.clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(update))
-        score = (alpha * mean.detach() - x.detach()) / sigma**2  # Tweedie: x_0 prediction -> score
+        eps, _ = eps_and_x0(mean.detach(), "x0", x.detach(), alpha, sigma)  # Tweedie: x_0 prediction -> eps
+        score = target_from(eps, mean.detach(), "score", alpha, sigma)
         return (score + correction).detach()
 
 
