@@ -83,9 +83,18 @@ def judge(clf: Classifier, x: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
+def features(clf: Classifier, x: torch.Tensor) -> np.ndarray:
+    """The classifier's 128-d penultimate features of images clamped to [-1, 1], float64 (n, 128)."""
+    return clf.features(x.float().clamp(-1, 1)).double().numpy()
+
+
 def frechet_distance(clf: Classifier, a: torch.Tensor, b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) on classifier features (Heusel et al. 2017)."""
-    fa, fb = (clf.features(v.float().clamp(-1, 1)).double().numpy() for v in (a, b))
+    return frechet_distance_of_features(features(clf, a), features(clf, b))
+
+
+def frechet_distance_of_features(fa: np.ndarray, fb: np.ndarray) -> float:
+    """The Frechet distance between Gaussians fitted to two feature sets (rows are samples)."""
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
     offset = 1e-6 * np.eye(len(ca))  # dead ReLU features make the covariances singular (as in FID code)
