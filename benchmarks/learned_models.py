@@ -331,7 +331,9 @@ def run_case(name: str, args) -> dict:
     (RESULTS / f"learned_{name}.json").write_text(json.dumps(result, indent=1, default=str))
     print_tables(result)
     if args.picture:
-        plot(case, pictures, reference, teacher_info["nfe"], args.picture, FIGURES / f"learned_{name}.png")
+        figure = picture_panels(result, pictures, reference, args.picture if name == "digits" else 2000)
+        torch.save(figure, RESULTS / f"learned_{name}_samples.pt")
+        plot(figure, FIGURES / f"learned_{name}.png")
     print(f"{name}: {cpu_s:.0f} CPU s, {wall_s:.0f} wall s")
     return result
 
@@ -367,37 +369,62 @@ def print_tables(result: dict) -> None:
               f"{best['rms']:.4g} | {tuned['rms'] / best['rms']:.2f} | {tuned['cost'] / total:.2f} |")
 
 
-def plot(case: Case, pictures: dict, reference: torch.Tensor, reference_nfe: int, count: int, path: Path) -> None:
-    """Samples of each solver at 5 and 10 NFE (columns), the teacher on top; same prior draws everywhere."""
+def picture_panels(result: dict, pictures: dict, reference: torch.Tensor, count: int) -> dict:
+    """What the figure shows, kept in results/learned_<case>_samples.pt so `--replot` redraws it: per solver (the
+    teacher first, no sweep rows) and budget (5 and 10 NFE), the first `count` samples and a caption."""
+    budgets = [b for b in (5, 10) if any(k[0] == b for k in pictures)]
+    captions = {}
+    for r in result["rows"]:
+        if r["nfe_budget"] in budgets and r["family"] != "sweep":
+            first = next(iter(r["quality"].items()))
+            captions[(r["nfe_budget"], r["label"])] = f"RMS {r['rms']:.3g}, {first[0]} {first[1][0]:.3g}"
+    teacher = f"teacher (dopri5, {result['teacher']['nfe']} NFE)"
+    first = next(iter(result["teacher_quality"].items()))
+    panels = {teacher: {b: (reference[:count], f"{first[0]} {first[1][0]:.3g}") for b in budgets}}
+    for (budget, label), x in pictures.items():
+        if (budget, label) in captions:
+            panels.setdefault(label, {})[budget] = (x[:count], captions[(budget, label)])
+    return {"case": result["case"], "budgets": budgets, "panels": panels}
+
+
+def plot(figure: dict, path: Path) -> None:
+    """Samples of each solver at 5 and 10 NFE from the same prior draws, side by side: digits one solver per row,
+    the budgets in columns; the toy one solver per column, the budgets in rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = [b for b in (5, 10) if any(k[0] == b for k in pictures)]
-    labels = [k[1] for k in pictures if k[0] == budgets[0] and not k[1].startswith("sweep")]
-    panels = [("teacher (dopri5)", {b: reference for b in budgets})] + [
-        (label, {b: pictures[(b, label)] for b in budgets if (b, label) in pictures}) for label in labels]
-    image = case.sample_shape != (2,)
-    fig, axes = plt.subplots(len(panels), len(budgets), figsize=(3.2 * len(budgets) + 1.5, (0.95 if image else 2.2) * len(panels)),
-                             squeeze=False)
-    for row, (label, by_budget) in zip(axes, panels, strict=True):
-        for ax, budget in zip(row, budgets, strict=True):
+    budgets, panels, image = figure["budgets"], figure["panels"], figure["case"] == "digits"
+    labels = list(panels)
+    shape = (len(labels), len(budgets)) if image else (len(budgets), len(labels))
+    size = (3.4 * len(budgets) + 2.0, 1.05 * len(labels)) if image else (2.0 * len(labels), 2.3 * len(budgets))
+    fig, axes = plt.subplots(*shape, figsize=size, squeeze=False)
+    for i, label in enumerate(labels):
+        for j, budget in enumerate(budgets):
+            ax = axes[i, j] if image else axes[j, i]
             ax.set_xticks([]), ax.set_yticks([])
-            if budget not in by_budget:
+            if budget not in panels[label]:
+                ax.set_axis_off()
                 continue
-            x = by_budget[budget].float()
+            x, caption = panels[label][budget]
+            x = x.float()
             if image:
-                padded = nn.functional.pad(x[:count].clamp(-1, 1), (1, 1, 1, 1), value=-1.0)
+                padded = nn.functional.pad(x.clamp(-1, 1), (1, 1, 1, 1), value=-1.0)
                 grid = padded.reshape(-1, 8, 10, 10).permute(0, 2, 1, 3).reshape(-1, 80).numpy()
                 ax.imshow(grid, cmap="gray_r", vmin=-1, vmax=1)
+                ax.set_title(caption, fontsize=7, pad=2)
+                if j == 0:
+                    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             else:
-                ax.scatter(x[:, 0], x[:, 1], s=0.3, alpha=0.4, color="k" if label.startswith("teacher") else "C0")
+                ax.scatter(x[:, 0], x[:, 1], s=0.2, alpha=0.4, color="k" if i == 0 else "C0", rasterized=True)
                 ax.set_xlim(-3.2, 3.2), ax.set_ylim(-3.2, 3.2), ax.set_aspect("equal")
-            if ax is row[0]:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    for ax, budget in zip(axes[0], budgets, strict=True):
-        ax.set_title(f"{budget} NFE (teacher: adaptive, {reference_nfe} NFE)", fontsize=10)
+                ax.set_title(f"{label}\n{caption}" if j == 0 else caption, fontsize=7, pad=2)
+                if i == 0:
+                    ax.set_ylabel(f"{budget} NFE", fontsize=9)
+    if image:
+        for j, budget in enumerate(budgets):
+            axes[0, j].set_title(f"{budget} NFE\n{axes[0, j].get_title()}", fontsize=8, pad=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -414,13 +441,17 @@ def main() -> None:
                         "(default: autotune's whole budget, 400 000)")
     parser.add_argument("--n", type=int, default=None, help="prior draws every contestant solves (default: digits "
                         "1000, toy 4000)")
-    parser.add_argument("--picture", type=int, default=16, help="digits per panel of the figure (0: no figure)")
+    parser.add_argument("--picture", type=int, default=16, help="digits per panel of the figure, a multiple of 8 (0: no figure)")
+    parser.add_argument("--replot", action="store_true", help="redraw the figures from the saved samples")
     args = parser.parse_args()
     args.teacher_tol = {"digits": 1e-5, "toy": 1e-7}
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     for name in args.cases:
-        run_case(name, args)
+        if args.replot:
+            plot(torch.load(RESULTS / f"learned_{name}_samples.pt", weights_only=False), FIGURES / f"learned_{name}.png")
+        else:
+            run_case(name, args)
 
 
 if __name__ == "__main__":
