@@ -120,14 +120,16 @@ def fit(network: nn.Module, sde: sd.LinearSDE, dataset, config: dict) -> dict:
 
 @dataclass
 class Case:
-    """A learned model with its quality measure: `quality(x) -> {metric: (value, standard error)}`."""
+    """A learned model with its quality measure: `quality(x) -> {metric: (value, standard error, bootstrap
+    replicates)}`; the replicates (digits' FD: 40 resamplings, the same indices for every solver, so two solvers'
+    replicates are paired) may be empty."""
 
     name: str
     sde: sd.LinearSDE
     model: sd.ScoreModel
     sample_shape: tuple[int, ...]
     dtype: torch.dtype
-    quality: Callable[[torch.Tensor], dict[str, tuple[float, float]]]
+    quality: Callable[[torch.Tensor], dict[str, tuple[float, float, list[float]]]]
     floors: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -152,14 +154,15 @@ def digits_case(n: int) -> Case:
     test_features = features(clf, x_test)
     info["classifier_test_accuracy"] = float((judge(clf, x_test)["labels"] == y_test).double().mean())
     bootstrap = torch.Generator().manual_seed(5)
+    resamples = [torch.randint(n, (n,), generator=bootstrap).numpy() for _ in range(40)]  # the same for every solver
 
-    def quality(x: torch.Tensor) -> dict[str, tuple[float, float]]:
+    def quality(x: torch.Tensor) -> dict[str, tuple[float, float, list[float]]]:
         f = features(clf, x)
         fd = frechet_distance_of_features(f, test_features)
-        resampled = [frechet_distance_of_features(f[torch.randint(len(f), (len(f),), generator=bootstrap).numpy()],
-                                                  test_features) for _ in range(20)]
+        resampled = [frechet_distance_of_features(f[i], test_features) for i in resamples]
         share = judge(clf, x)["confident_share"]
-        return {"fd": (fd, float(np.std(resampled, ddof=1))), "confident": (share, math.sqrt(share * (1 - share) / len(x)))}
+        return {"fd": (fd, float(np.std(resampled, ddof=1)), resampled),
+                "confident": (share, math.sqrt(share * (1 - share) / len(x)), [])}
 
     floors = {"fd": frechet_distance_of_features(features(clf, x_train), test_features),
               "confident": judge(clf, x_test)["confident_share"]}
@@ -179,9 +182,9 @@ def toy_case(n: int) -> Case:
     references = [dataset.sample(n, g).double() for _ in range(4)]
     floor = float(np.mean([metrics.sliced_wasserstein(r, dataset.sample(n, g).double(), projections) for r in references]))
 
-    def quality(x: torch.Tensor) -> dict[str, tuple[float, float]]:
+    def quality(x: torch.Tensor) -> dict[str, tuple[float, float, list[float]]]:
         d = [metrics.sliced_wasserstein(x, r, projections) for r in references]
-        return {"sw2": (float(np.mean(d)), float(np.std(d, ddof=1) / math.sqrt(len(d))))}
+        return {"sw2": (float(np.mean(d)), float(np.std(d, ddof=1) / math.sqrt(len(d))), [])}
 
     model = sd.ScoreModel(network, sde, "eps")
     return Case("toy", sde, model, (2,), torch.float64, quality, {"sw2": floor}, info)
@@ -203,7 +206,7 @@ class Row:
     nfe: int
     rms: float
     rms_se: float
-    quality: dict[str, tuple[float, float]]
+    quality: dict[str, tuple[float, float, list[float]]]
     cost: int | None = None
     seconds: float = 0.0
 
@@ -330,7 +333,7 @@ def run_case(name: str, args) -> dict:
             rows.append(row)
             pictures[(budget, label)] = x
             print(f"  {budget:2d} NFE {label:34s} nfe {row.nfe:2d}  rms {row.rms:.4g} ± {row.rms_se:.2g}  "
-                  + "  ".join(f"{k} {v:.4g} ± {s:.2g}" for k, (v, s) in row.quality.items()), flush=True)
+                  + "  ".join(f"{k} {v:.4g} ± {s:.2g}" for k, (v, s, _) in row.quality.items()), flush=True)
         logs[budget] = log
     cpu_s, wall_s = since(start)
     result = {"case": name, "n": n, "info": case.info, "floors": case.floors, "teacher": teacher_info,
@@ -362,8 +365,20 @@ def print_tables(result: dict) -> None:
         for r in group:
             rms = f"{r['rms']:.4g} ± {r['rms_se']:.1g}"
             rms = f"**{rms}**" if r["rms"] == best_rms else rms
-            q = " | ".join(f"{v:.4g} ± {s:.1g}" for v, s in r["quality"].values())
+            q = " | ".join(f"{v:.4g} ± {s:.1g}" for v, s, _ in r["quality"].values())
             print(f"| {budget} | {r['label']} | {r['detail']} | {r['nfe']} | {rms} | {q} |")
+    metric = metrics_[0]
+    print(f"\n| NFE | autotune RMS | best diffusers on RMS | its RMS | autotune / best | autotune {metric} | "
+          f"best diffusers on {metric} | its {metric} | difference (se; FD: paired bootstrap) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for budget in sorted({r["nfe_budget"] for r in rows}):
+        tuned = next(r for r in rows if r["nfe_budget"] == budget and r["label"] == "autotune")
+        peers = [r for r in rows if r["nfe_budget"] == budget and r["family"] == "diffusers"]
+        by_rms, by_quality = min(peers, key=lambda r: r["rms"]), min(peers, key=lambda r: r["quality"][metric][0])
+        (a, a_se, a_rep), (b, b_se, b_rep) = tuned["quality"][metric], by_quality["quality"][metric]
+        se = float(np.std(np.subtract(a_rep, b_rep), ddof=1)) if a_rep and b_rep else math.hypot(a_se, b_se)
+        print(f"| {budget} | {tuned['rms']:.4g} | {by_rms['label']} | {by_rms['rms']:.4g} | "
+              f"{tuned['rms'] / by_rms['rms']:.2f} | {a:.4g} | {by_quality['label']} | {b:.4g} | {a - b:+.3g} ({se:.2g}) |")
     print("\n| NFE | autotune's choice (cost) | its RMS | sweep's best (total cost) | its RMS | chosen / best | "
           "autotune cost / sweep cost |")
     print("|---|---|---|---|---|---|---|")
