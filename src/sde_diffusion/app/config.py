@@ -64,6 +64,7 @@ class TrainConfig:
             "prediction": "eps",
             "weighting": "sigma2",
             "importance_sampling": False,
+            "stratified": False,
         }
     )
 

@@ -70,6 +70,9 @@ class DSMLoss:
         prediction: what the network outputs ("eps", "x0", "v", "score", "flow").
         weighting: "sigma2" (eps matching), "likelihood" (g^2) or "target" (plain MSE of the prediction).
         importance_sampling: draw t with density proportional to g^2 / sigma^2 (uniform in log-SNR) and reweight.
+        stratified: draw a batch's n times as one low-discrepancy set, u_i = (u + i) / n (mod 1) with one uniform u
+            (Kingma et al. 2021, VDM, appendix), instead of n independent uniforms: each t (and each log-SNR under
+            importance sampling) is still uniform, so the loss is unbiased, and its variance over t falls.
         t_min: t is drawn from [t_min, T]; default `sde.default_t_min`, where samplers stop.
         reduction: per example, "mean" or "sum" over the data dimensions; the batch is always averaged,
             so the loss scale does not depend on the batch size.
@@ -85,6 +88,7 @@ class DSMLoss:
         prediction: str = "eps",
         weighting: Weighting = "sigma2",
         importance_sampling: bool = False,
+        stratified: bool = False,
         t_min: float | None = None,
         reduction: str = "mean",
         label_dropout: float = 0.0,
@@ -104,6 +108,7 @@ class DSMLoss:
             raise ValueError(f"label_dropout is a probability in [0, 1); got {label_dropout}")
         self.sde, self.prediction, self.weighting = sde, cast(Prediction, prediction), weighting  # checked above
         self.importance_sampling, self.t_min, self.reduction = bool(importance_sampling), t_min, reduction
+        self.stratified = bool(stratified)
         self.label_dropout = float(label_dropout)
 
     # -- time sampling -------------------------------------------------------------------------------------------
@@ -113,8 +118,13 @@ class DSMLoss:
         return lam[0], lam[1]  # log_snr(T) < log_snr(t_min)
 
     def sample_time(self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
-        """n times in [t_min, T]: uniform, or with density proportional to g^2 / sigma^2 (uniform in log-SNR)."""
-        u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+        """n times in [t_min, T]: uniform, or with density proportional to g^2 / sigma^2 (uniform in log-SNR);
+        with `stratified`, one in each n-th of the range, shifted together by a single uniform draw."""
+        if self.stratified:
+            u0 = torch.rand(1, generator=generator, dtype=dtype, device=device)
+            u = torch.remainder(u0 + torch.arange(n, dtype=dtype, device=device) / n, 1.0)
+        else:
+            u = torch.rand(n, generator=generator, dtype=dtype, device=device)
         if not self.importance_sampling:
             return self.t_min + (self.sde.T - self.t_min) * u
         lam_T, lam_min = self._log_snr_range(dtype, device)
@@ -178,7 +188,7 @@ class DSMLoss:
         """The constructor arguments (for checkpoints and logs)."""
         return dict(
             prediction=self.prediction, weighting=self.weighting, importance_sampling=self.importance_sampling,
-            t_min=self.t_min, reduction=self.reduction, label_dropout=self.label_dropout,
+            stratified=self.stratified, t_min=self.t_min, reduction=self.reduction, label_dropout=self.label_dropout,
         )
 
     def __repr__(self):
