@@ -34,7 +34,7 @@ from sde_diffusion.app.config import register
 
 CONF = Path(sde_diffusion.__file__).resolve().parent / "conf"
 TODAY = ["train.steps=4000", "train.batch_size=256", "train.lr=1e-3", "train.lr_schedule=constant", "train.ema_decay=0.999",
-         "model.width=128", "model.depth=3", "train.loss.stratified=false"]  # the recipe before issue 19
+         "model.width=128", "model.depth=3", "train.loss.stratified=false", "train.loss.antithetic=false"]  # the recipe before issue 19
 VARIANTS = {  # name: overrides on top of the default job
     "default": [],
     "today": TODAY,
@@ -43,6 +43,13 @@ VARIANTS = {  # name: overrides on top of the default job
     "batch1024+cosine": [*TODAY, "train.batch_size=1024", "train.lr_schedule=cosine"],
     "batch4096": [*TODAY, "train.batch_size=4096"],
     "batch1024+cosine+stratified": [*TODAY, "train.batch_size=1024", "train.lr_schedule=cosine", "train.loss.stratified=true"],
+    "batch512+antithetic+cosine": [*TODAY, "train.batch_size=512", "train.loss.antithetic=true", "train.lr_schedule=cosine"],
+    "batch512+antithetic+cosine+stratified": [*TODAY, "train.batch_size=512", "train.loss.antithetic=true",
+                                              "train.lr_schedule=cosine", "train.loss.stratified=true"],
+    "batch1024+cosine+lr2e-3": [*TODAY, "train.batch_size=1024", "train.lr_schedule=cosine", "train.lr=2e-3"],
+    "batch1024+cosine+lr3e-3": [*TODAY, "train.batch_size=1024", "train.lr_schedule=cosine", "train.lr=3e-3"],
+    "batch512+antithetic+cosine+stratified+lr2e-3": [*TODAY, "train.batch_size=512", "train.loss.antithetic=true",
+                                                     "train.lr_schedule=cosine", "train.loss.stratified=true", "train.lr=2e-3"],
     "w64_b1024_cosine": [*TODAY, "model.width=64", "train.batch_size=1024", "train.lr_schedule=cosine"],
     "w64_b1024_cosine_strat": [*TODAY, "model.width=64", "train.batch_size=1024", "train.lr_schedule=cosine",
                                "train.loss.stratified=true"],

@@ -279,3 +279,32 @@ def test_stratified_times_lower_the_variance_of_the_loss_at_the_true_score():
         values = torch.stack([loss(network, mixture.sample(64, g), g) for _ in range(300)])
         spread[stratified] = values.var().item()
     assert spread[True] < 0.8 * spread[False], spread
+
+
+def test_antithetic_loss_evaluates_each_example_with_eps_and_minus_eps():
+    sde, mixture = sd.VPSDE(), gaussian_data()
+    network = exact_network(mixture, sde, "eps", shift=torch.tensor([0.2, -0.1], dtype=torch.float64))
+    x0 = mixture.sample(8, torch.Generator().manual_seed(6))
+    value = DSMLoss(sde, antithetic=True)(network, x0, torch.Generator().manual_seed(7))
+    plain, g = DSMLoss(sde), torch.Generator().manual_seed(7)
+    t, eps = plain.sample_time(8, g, dtype=torch.float64), torch.randn(8, 2, generator=g, dtype=torch.float64)
+    pair = (plain.per_example(network, x0, t, eps) + plain.per_example(network, x0, t, -eps)) / 2
+    torch.testing.assert_close(value, pair.mean())
+
+
+def test_antithetic_pairs_lower_the_gradient_noise_at_equal_network_cost():
+    """At the true score the gradient of the loss in a shift b of the eps prediction is zero in expectation; its
+    spread over batches of n examples in antithetic pairs (2n rows) is below that of 2n independent examples: the
+    error eps_theta - eps is about -eps at small sigma, odd in eps, and cancels within a pair (measured: 0.7x)."""
+    sde, mixture = sd.VPSDE(), gaussian_data()
+    exact = exact_network(mixture, sde, "eps")
+    spread = {}
+    for antithetic, n in ((False, 64), (True, 32)):
+        loss, g = DSMLoss(sde, antithetic=antithetic), torch.Generator().manual_seed(8)
+        grads = []
+        for _ in range(500):
+            b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+            value = loss(lambda x, t, b=b: exact(x, t) + b, mixture.sample(n, g), g)
+            grads.append(torch.autograd.grad(value, b)[0])
+        spread[antithetic] = torch.stack(grads).var(0).sum().item()
+    assert spread[True] < 0.8 * spread[False], spread

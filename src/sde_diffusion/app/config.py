@@ -65,6 +65,7 @@ class TrainConfig:
             "weighting": "sigma2",
             "importance_sampling": False,
             "stratified": False,
+            "antithetic": False,
         }
     )
 
