@@ -146,7 +146,7 @@ class TanhSDE(sd.SDE):
 
 
 # -- the CLI in-process -------------------------------------------------------------------------------------------
-TINY = {"train.steps": "3", "train.warmup_steps": "0", "train.log_every": "1", "data.n": "300", "sample.n": "20",
+TINY = {"train.steps": "3", "train.batch_size": "64", "train.warmup_steps": "0", "train.log_every": "1", "data.n": "300", "sample.n": "20",
         "sample.progress": "false", "solvers.pc.steps": "3", "solvers.pf_ode.rtol": "1e-2", "solvers.pf_ode.atol": "1e-2",
         "evaluate.floor_repeats": "2", "evaluate.projections": "8", "plots": "false", "model.width": "8", "model.depth": "1"}
 

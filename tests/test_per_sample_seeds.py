@@ -97,6 +97,25 @@ def test_a_batch_invariant_network_gives_the_same_samples_in_any_batch():
     torch.testing.assert_close(plain, whole, rtol=1e-3, atol=1e-3)  # the same function, up to rounding (amplified)
 
 
+def test_batch_invariant_network_rows_agree_bit_for_bit_with_a_batch_of_one_in_any_batch_and_position():
+    """Every batch size from 1 to 70 (one block of `ChunkedLinear.chunk` rows, several, a partial last one) and
+    shuffled positions: each row's output is the one it has alone, bit for bit (width 128 as in the default job,
+    dense weights of trained size)."""
+    torch.manual_seed(2)
+    net = MLP(2, width=128, depth=2).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    inv = batch_invariant(net)
+    x, t = torch.randn(70, 2), torch.rand(70)
+    with torch.no_grad():
+        alone = torch.cat([inv(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
+        for n in range(1, 71):
+            rows = torch.randperm(70, generator=torch.Generator().manual_seed(n))[:n]
+            assert torch.equal(inv(x[rows], t[rows]), alone[rows]), f"batch of {n}"
+        torch.testing.assert_close(alone, net(x, t), rtol=1e-4, atol=1e-5)
+
+
 def test_batch_invariant_layers_compute_the_same_function():
     torch.manual_seed(1)
     for layer, x in ((torch.nn.Linear(5, 3), torch.randn(7, 4, 5)), (torch.nn.Conv2d(2, 3, 3, padding=1), torch.randn(3, 2, 6, 6))):

@@ -64,6 +64,8 @@ class TrainConfig:
             "prediction": "eps",
             "weighting": "sigma2",
             "importance_sampling": False,
+            "stratified": False,
+            "antithetic": False,
         }
     )
 
