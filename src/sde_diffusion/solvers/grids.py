@@ -1,12 +1,15 @@
 """Time grids: decreasing times from `t_max` (default T) to `t_min`, `steps + 1` of them.
 
 Each grid is defined through the SDE's own coefficients, so it means the same thing for every linear SDE:
-uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-Solver), and the EDM grid
-(Karras et al. 2022, eq. 5) uniform in `sigma_tilde^(1/rho)` with `sigma_tilde = sigma / alpha = exp(-log_snr)`.
+uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-Solver), the EDM grid
+(Karras et al. 2022, eq. 5) uniform in `sigma_tilde^(1/rho)` with `sigma_tilde = sigma / alpha = exp(-log_snr)`, and
+the power grid uniform in `sigma_tilde^kappa` for any real kappa (the EDM grid at kappa = 1 / rho, log-SNR at 0).
+`PiecewiseGrid` picks one of them by the step count: the solvers' measured defaults (`solvers.defaults`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -115,6 +118,37 @@ class EDMGrid(TimeGrid):
         return f"EDMGrid(rho={self.rho})"
 
 
+class PowerGrid(TimeGrid):
+    """Uniform in sigma_tilde^kappa (sigma_tilde = sigma / alpha = exp(-lambda)): one family through the grids above.
+    kappa = 1 / rho is the EDM grid (Karras: kappa = 1/7), kappa -> 0 the log-SNR grid (uniform in log sigma_tilde,
+    the limit taken exactly at kappa = 0), and kappa < 0 (uniform in a power of the SNR) puts steps where the EDM
+    grid is sparse, at low noise: in lambda its steps shrink towards t_min, where the EDM grid's grow.
+
+        kappa != 0:  sigma_i = (sigma_max^kappa + i / N (sigma_min^kappa - sigma_max^kappa))^(1 / kappa)
+        kappa == 0:  log sigma_i = log sigma_max + i / N (log sigma_min - log sigma_max)
+    """
+
+    name = "power"
+
+    def __init__(self, kappa: float = 1 / 7):
+        if not (isinstance(kappa, (int, float)) and math.isfinite(kappa)):
+            raise ValueError(f"kappa must be a finite number; got {kappa!r}")
+        self.kappa = float(kappa)
+
+    def times(self, sde, u, t_min, t_max):
+        sde = _linear(sde, self.name)
+        ends = -sde.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))  # log sigma_tilde at both ends
+        span = ends[1] - ends[0]
+        if self.kappa == 0:
+            log_sig = ends[0] + u * span
+        else:  # log(a + u (b - a)) / kappa with a, b = sigma_max^kappa, sigma_min^kappa, stable as kappa -> 0
+            log_sig = ends[0] + torch.log1p(u * torch.expm1(self.kappa * span)) / self.kappa
+        return sde.t_of_log_snr(-log_sig).to(torch.float64)
+
+    def __repr__(self):
+        return f"PowerGrid(kappa={self.kappa:g})"
+
+
 class ShiftedGrid(TimeGrid):
     """Uniform in an unshifted time u, then shifted by a constant log-SNR offset: t_i = t(lambda(u_i) - log(shift)),
     u_i uniform between the unshifted ends, so the grid still runs from t_max to t_min. On rectified flow
@@ -138,6 +172,36 @@ class ShiftedGrid(TimeGrid):
 
     def __repr__(self):
         return f"ShiftedGrid(shift={self.shift})"
+
+
+class PiecewiseGrid(TimeGrid):
+    """A grid chosen by the step count: `pieces` are (first step count, grid) in increasing order, and a solve of N
+    steps uses the grid of the last piece whose first step count is <= N (the first piece below its own start).
+    This is how a solver's measured default grid is written (`solvers.defaults`). A piece defined through the
+    log-SNR (log_snr, edm, shifted) needs a `LinearSDE`: on any other SDE the SDE's own `default_grid` is used."""
+
+    name = "piecewise"
+
+    def __init__(self, pieces: Sequence[tuple[int, str | TimeGrid]]):
+        if not pieces or any(a >= b for (a, _), (b, _) in itertools.pairwise(pieces)):
+            raise ValueError(f"pieces must be (first step count, grid) pairs in increasing order; got {pieces!r}")
+        self.pieces = [(int(first), get_grid(grid)) for first, grid in pieces]
+
+    def grid_for(self, sde: SDE, steps: int) -> TimeGrid:
+        """The grid a solve of `steps` steps on `sde` uses."""
+        if not isinstance(sde, LinearSDE):
+            return get_grid(sde.default_grid)
+        chosen = self.pieces[0][1]
+        for first, grid in self.pieces:
+            if steps >= first:
+                chosen = grid
+        return chosen
+
+    def times(self, sde, u, t_min, t_max):
+        return self.grid_for(sde, len(u) - 1).times(sde, u, t_min, t_max)
+
+    def __repr__(self):
+        return f"PiecewiseGrid({[(first, grid) for first, grid in self.pieces]!r})"
 
 
 class GivenGrid(TimeGrid):
@@ -169,11 +233,11 @@ class GivenGrid(TimeGrid):
         return self.values.clone()
 
 
-GRIDS: dict[str, type[TimeGrid]] = {g.name: g for g in (UniformGrid, QuadraticGrid, LogSNRGrid, EDMGrid, ShiftedGrid)}
+GRIDS: dict[str, type[TimeGrid]] = {g.name: g for g in (UniformGrid, QuadraticGrid, LogSNRGrid, EDMGrid, PowerGrid, ShiftedGrid)}
 
 
 def get_grid(grid: str | TimeGrid | Sequence[float] | torch.Tensor, **options) -> TimeGrid:
-    """A grid from its name (uniform, quadratic, log_snr, edm, shifted), an instance, or explicit times."""
+    """A grid from its name (uniform, quadratic, log_snr, edm, power, shifted), an instance, or explicit times."""
     if isinstance(grid, TimeGrid):
         return grid
     if isinstance(grid, str):
