@@ -202,3 +202,33 @@ def test_every_solver_matches_the_gaussian_marginal(sde_name, solver):
                        **OPTIONS.get(solver, {}))
     target = GAUSSIAN.marginal(sde, sde.default_t_min)
     assert_moments(result.x, target.mean(), target.covariance(), bias=0.03)
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.EDMSDE(), sd.VESDE()], ids=["vp", "edm", "ve"])
+def test_the_power_grid_holds_the_edm_and_log_snr_grids_and_the_piecewise_grid_picks_by_steps(sde):
+    from sde_diffusion.solvers.grids import PiecewiseGrid, PowerGrid
+
+    t_min, t_max = sde.default_t_min, sde.T
+    for steps in (1, 7, 30):
+        edm = sd.solvers.EDMGrid(7.0)(sde, steps, t_min, t_max)
+        log_snr = sd.solvers.LogSNRGrid()(sde, steps, t_min, t_max)
+        torch.testing.assert_close(PowerGrid(1 / 7)(sde, steps, t_min, t_max), edm, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(PowerGrid(0.0)(sde, steps, t_min, t_max), log_snr, rtol=1e-9, atol=1e-12)
+        near_zero = PowerGrid(1e-9)(sde, steps, t_min, t_max)  # the limit kappa -> 0 is continuous
+        torch.testing.assert_close(near_zero, log_snr, rtol=1e-6, atol=1e-9)
+        dense_low = PowerGrid(-0.2)(sde, steps, t_min, t_max)
+        assert torch.all(dense_low[1:] < dense_low[:-1]) and dense_low[0] == t_max and dense_low[-1] == t_min
+    piecewise = PiecewiseGrid([(1, "edm"), (10, PowerGrid(0.0))])
+    torch.testing.assert_close(piecewise(sde, 5, t_min, t_max), sd.solvers.EDMGrid()(sde, 5, t_min, t_max))
+    torch.testing.assert_close(piecewise(sde, 12, t_min, t_max), sd.solvers.LogSNRGrid()(sde, 12, t_min, t_max))
+
+
+def test_bad_power_and_piecewise_grids_are_refused():
+    from sde_diffusion.solvers.grids import PiecewiseGrid, PowerGrid
+
+    with pytest.raises(ValueError, match="kappa must be a finite number"):
+        PowerGrid(float("nan"))
+    with pytest.raises(ValueError, match="increasing order"):
+        PiecewiseGrid([(10, "edm"), (5, "log_snr")])
+    with pytest.raises(ValueError, match="increasing order"):
+        PiecewiseGrid([])
