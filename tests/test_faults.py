@@ -174,7 +174,7 @@ def test_ctrl_c_in_the_app_prints_the_resume_command_and_it_resumes(tmp_path):
     """python -m sde_diffusion, interrupted during training: exit 130, one line with the command, the checkpoint and
     metrics.json kept; that command (with fewer steps) continues the run from its checkpoint."""
     run = tmp_path / "run"
-    args = ["train.steps=1000000", "train.checkpoint_every=20", "train.warmup_steps=0", "model.width=8", "model.depth=1",
+    args = ["train.steps=1000000", "train.lr_schedule=constant", "train.checkpoint_every=20", "train.warmup_steps=0", "model.width=8", "model.depth=1",
             "data.n=512", "train.batch_size=32", "sample.n=20", "sample.progress=false", "solvers.pc.steps=3",
             "solvers.pf_ode.rtol=1e-2", "solvers.pf_ode.atol=1e-2", "evaluate.floor_repeats=2", "evaluate.projections=8",
             "plots=false"]
