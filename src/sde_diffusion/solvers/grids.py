@@ -4,7 +4,7 @@ Each grid is defined through the SDE's own coefficients, so it means the same th
 uniform in t, quadratic in t (dense near t_min; DDIM), uniform in log-SNR (DPM-Solver), the EDM grid
 (Karras et al. 2022, eq. 5) uniform in `sigma_tilde^(1/rho)` with `sigma_tilde = sigma / alpha = exp(-log_snr)`, and
 the power grid uniform in `sigma_tilde^kappa` for any real kappa (the EDM grid at kappa = 1 / rho, log-SNR at 0).
-`PiecewiseGrid` picks one of them by the step count: the solvers' measured defaults (`solvers.defaults`).
+`PiecewiseGrid` picks one of them by the step count (a per-budget rule, as `benchmarks/default_grids.py` fits).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class ShiftedGrid(TimeGrid):
 class PiecewiseGrid(TimeGrid):
     """A grid chosen by the step count: `pieces` are (first step count, grid) in increasing order, and a solve of N
     steps uses the grid of the last piece whose first step count is <= N (the first piece below its own start).
-    This is how a solver's measured default grid is written (`solvers.defaults`). A piece defined through the
+    This is how a per-budget rule from `benchmarks/default_grids.py` is written. A piece defined through the
     log-SNR (log_snr, edm, shifted) needs a `LinearSDE`: on any other SDE the SDE's own `default_grid` is used."""
 
     name = "piecewise"
