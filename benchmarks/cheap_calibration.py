@@ -2,21 +2,27 @@
 
 For each problem (ring-2d, gmm-32d under EDM, exact mixture scores) and NFE budget, UniPC (orders 2 and 3) is
 calibrated by `calibrate_grid(method="gradient")` at each calibration cost (sample-evaluations in all, counted by the
-library's counter; the pilot batch grows with it), then judged with every diffusers peer on `--sets` independent sets
-of `--samples` draws from the exact marginal p_T, each against DOP853 at 1e-9. Printed per setting: cost, wall time,
-pilot and validation error (held-out prior draws) and the error pooled over all fresh draws (relative RMS), its ratio
-to the best peer's, and the number of switched samples (per-sample error above half the data's RMS norm).
+library's counter; the pilot batch grows with it), on a plain pilot of prior draws and on one stratified from a
+screened pool (`stratify`), from `--seeds` pilot seeds (one at 1e6), then judged with every diffusers peer on
+`--sets` independent sets of `--samples` draws from the exact marginal p_T, each against DOP853 at 1e-9. Printed per
+setting, as means over the seeds: cost, wall time, pilot and validation error (held-out draws: prior draws, or for
+a stratified pilot a stratified sample of the rest of the pool, weighted alike), the range of validation / pilot,
+the error pooled over all fresh draws (relative RMS; mean and worst seed), its ratio to the best peer's, and the
+number of switched samples (per-sample error above half the data's RMS norm).
 
-With `--autotune`, also `sd.autotune` at each budget against the exhaustive sweep (every candidate calibrated on its
-own at the largest cost), both judged on the same fresh draws.
+With `--powell`, also today's Powell search at the arena's settings (`POWELL`), on the same fresh draws. With
+`--autotune`, `sd.autotune` at each budget against the exhaustive sweep at the same settings (every candidate
+calibrated on its own with autotune's pilot, validation and budget), both judged on the same fresh draws.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cheap_calibration.py [--problems ring-2d gmm-32d]
-        [--budgets 10 20] [--costs 10000 100000 1000000] [--sets 4] [--samples 2048] [--autotune]
+        [--budgets 10 20] [--costs 10000 100000 1000000] [--seeds 3] [--sets 4] [--samples 2048] [--powell]
+        [--autotune]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -28,9 +34,19 @@ import sde_diffusion as sd
 from sde_diffusion.arena.contestants import DIFFUSERS_PEERS, Diffusers
 from sde_diffusion.arena.problems import get_problem, get_sde
 
-PILOT = {10_000: 16, 100_000: 64, 1_000_000: 512}
-"""Pilot draws per calibration cost (the validation batch is 128, 16 at 1e4): the teacher and each descent step
-scale with the pilot, so a larger budget affords a larger pilot, which over-fits less."""
+PILOT = {10_000: (16, 16), 100_000: (64, 64), 1_000_000: (512, 128)}
+"""(pilot, validation) draws per calibration cost: the teacher and each descent step scale with the pilot, so a
+larger budget affords a larger pilot, which over-fits less."""
+SCREENING_SHARE = 0.3
+"""With a stratified pilot, the pool is as large as a screening of this share of the cost allows (each pool draw
+costs 3 * steps + 2 evaluations to screen)."""
+POWELL = dict(pool=16384, pilot=2048)
+"""Today's search, as the arena runs it: Powell against DOP853 at 1e-9 on 2048 pilot draws stratified from 16384."""
+
+
+def pool_size(cost: int, steps: int) -> int:
+    pilot, validation = PILOT[cost]
+    return max(pilot + validation, int(SCREENING_SHARE * cost / (3 * steps + 2)))
 
 
 def fresh_sets(sde, mixture, model, t_min, sets, samples):
@@ -63,6 +79,10 @@ def main() -> None:
     parser.add_argument("--orders", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--sets", type=int, default=4)
     parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--seeds", type=int, default=3, help="calibrations (pilot seeds) per setting below 1e6")
+    parser.add_argument("--powell", nargs="*", default=[], metavar="NFE:ORDER",
+                        help="also today's Powell search for these (NFE, UniPC order) pairs, e.g. 10:2 20:3 "
+                             "(minutes per grid)")
     parser.add_argument("--autotune", action="store_true")
     args = parser.parse_args()
     if any(c not in PILOT for c in args.costs):
@@ -90,32 +110,72 @@ def main() -> None:
             best_peer[budget] = min(rows, key=lambda r: r[1])
             print(f"{budget} NFE, best peer {best_peer[budget][0]}: {best_peer[budget][1]:.4g} "
                   f"({best_peer[budget][2]} switched)")
-        print("\n| NFE | solver | cost (sample-evals) | wall s | pilot | validation | val / pilot | fresh error | "
-              "switched | / best peer |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n| NFE | solver | pilot | cost (sample-evals) | wall s | pilot error | validation | val / pilot | "
+              "fresh error (mean, worst) | switched | / best peer |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for budget in args.budgets:
             for order in args.orders:
                 for cost in args.costs:
-                    pilot = PILOT[cost]
-                    cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), "unipc", budget - 1,
-                                            shape=(pilot, mixture.dim), validation=16 if cost < 100_000 else 128,
-                                            budget=cost, generator=torch.Generator().manual_seed(20261202 + budget),
-                                            dtype=torch.float64, order=order)
-                    error, switched = judge(lambda x: sd.sample(sde, model, "unipc", x_T=x, grid=cal.times,
-                                                                denoise=True, order=order).x, sets)
-                    print(f"| {budget} | unipc(order={order}) | {cal.cost} | {cal.wall_time_s:.1f} | {cal.error:.4g} | "
-                          f"{cal.validation_error:.4g} | {cal.validation_error / cal.error:.2f} | {error:.4g} | "
-                          f"{switched} | {error / best_peer[budget][1]:.2f} |", flush=True)
+                    for stratified in (False, True):
+                        print(calibrated_row(sde, mixture, model, sets, best_peer, budget, order, cost, stratified,
+                                             args.seeds if cost < 1_000_000 else 1), flush=True)
+        if args.powell:
+            print("\n| NFE | solver | today's Powell: cost | wall s | pilot error | validation | fresh error | switched | "
+                  "/ best peer |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for pair in args.powell:
+                budget, order = map(int, pair.split(":"))
+                print(powell_row(sde, mixture, model, sets, best_peer, budget, order), flush=True)
         if args.autotune:
             autotune_rows(sde, mixture, model, t_min, args, sets, best_peer)
 
 
+def calibrated_row(sde, mixture, model, sets, best_peer, budget, order, cost, stratified, seeds):
+    """One table row: UniPC-`order` calibrated at `cost` (plain or stratified pilot) from `seeds` pilot seeds, each
+    judged on the fresh sets; means, and the worst fresh error."""
+    pilot, validation = PILOT[cost]
+    steps = budget - 1
+    pool = pool_size(cost, steps) if stratified else pilot
+    rows = []
+    for seed in range(seeds):
+        cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), "unipc", steps, shape=(pool, mixture.dim),
+                                validation=validation, budget=cost, stratify=pilot if stratified else None,
+                                generator=torch.Generator().manual_seed(20261202 + 100 * seed + budget),
+                                dtype=torch.float64, order=order)
+        error, switched = judge(lambda x: sd.sample(sde, model, "unipc", x_T=x, grid=cal.times, denoise=True,
+                                                    order=order).x, sets)
+        rows.append((cal.cost, cal.wall_time_s, cal.error, cal.validation_error, error, switched))
+    mean = [sum(r[k] for r in rows) / len(rows) for k in range(6)]
+    ratios = [r[3] / r[2] for r in rows]
+    worst = max(r[4] for r in rows)
+    label = f"{pilot} of {pool} stratified" if stratified else f"{pilot}"
+    return (f"| {budget} | unipc(order={order}) | {label} | {mean[0]:.0f} | {mean[1]:.1f} | {mean[2]:.3g} | {mean[3]:.3g} | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} | {mean[4]:.3g}, {worst:.3g} | {mean[5]:.0f} | "
+            f"{mean[4] / best_peer[budget][1]:.2f} |")
+
+
+def powell_row(sde, mixture, model, sets, best_peer, budget, order):
+    """Today's search at the arena's settings (`POWELL`), judged on the same fresh sets."""
+    pool = sde.prior_sample((POWELL["pool"], mixture.dim), torch.Generator().manual_seed(20261202 + budget),
+                            dtype=torch.float64)
+    cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), "unipc", budget - 1, x_T=pool,
+                            method="powell", stratify=POWELL["pilot"], validation=128,
+                            generator=torch.Generator().manual_seed(budget), dtype=torch.float64, order=order)
+    error, switched = judge(lambda x: sd.sample(sde, model, "unipc", x_T=x, grid=cal.times, denoise=True, order=order).x,
+                            sets)
+    return (f"| {budget} | unipc(order={order}) | {cal.cost} | {cal.wall_time_s:.0f} | {cal.error:.3g} | "
+            f"{cal.validation_error:.3g} | {error:.3g} | {switched} | {error / best_peer[budget][1]:.2f} |")
+
+
 def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
-    """autotune (its default budget) against every candidate calibrated alone at the largest cost."""
-    cost, pilot = max(args.costs), PILOT[max(args.costs)]
-    print(f"\n| NFE | autotune: solver (cost) | its fresh error | exhaustive best (cost, at {cost} each) | "
-          "its fresh error | autotune / exhaustive | / best peer |")
-    print("|---|---|---|---|---|---|---|")
+    """autotune (its defaults) against the exhaustive sweep at the same settings: every candidate calibrated on its
+    own by `calibrate_grid` with autotune's pilot and validation sizes and autotune's whole budget."""
+    defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    print(f"\n| NFE | autotune: solver (cost) | its fresh error | sweep: each candidate's fresh error "
+          f"(at {defaults['budget']} each) | sweep's best (total cost) | autotune / sweep's best | "
+          "sweep's error of autotune's choice / sweep's best | / best peer |")
+    print("|---|---|---|---|---|---|---|---|")
     for budget in args.budgets:
         tuned = sd.autotune(sde, sd.ScoreModel(model.network, sde, "score"), nfe=budget, shape=(1, mixture.dim),
                             dtype=torch.float64, cache=False)
@@ -126,14 +186,18 @@ def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
             steps = sd.autotuning.steps_within(sde, model, sd.solvers.get(name, **options), budget, sets[0][0][:1],
                                                t_min, sde.T)
             cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps,
-                                    shape=(pilot, mixture.dim), budget=cost, dtype=torch.float64,
+                                    shape=(defaults["pilot"], mixture.dim), validation=defaults["validation"],
+                                    budget=defaults["budget"], dtype=torch.float64,
                                     generator=torch.Generator().manual_seed(20261202 + budget), **options)
             spent += cal.cost
             error, _ = judge(lambda x: sd.sample(sde, model, name, x_T=x, grid=cal.times, denoise=True, **options).x, sets)
             sweep.append((error, f"{name}{options or ''}"))
         best = min(sweep)
-        print(f"| {budget} | {tuned.solver}{tuned.options or ''} ({tuned.cost}) | {ours:.4g} | {best[1]} ({spent}) | "
-              f"{best[0]:.4g} | {ours / best[0]:.2f} | {ours / best_peer[budget][1]:.2f} |", flush=True)
+        chosen = next(error for error, label in sweep if label == f"{tuned.solver}{tuned.options or ''}")
+        each = ", ".join(f"{label} {error:.3g}" for error, label in sweep)
+        print(f"| {budget} | {tuned.solver}{tuned.options or ''} ({tuned.cost}) | {ours:.3g} | {each} | "
+              f"{best[1]} ({spent}) | {ours / best[0]:.2f} | {chosen / best[0]:.2f} | {ours / best_peer[budget][1]:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

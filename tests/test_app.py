@@ -288,7 +288,7 @@ def test_a_bad_grid_is_refused_before_training(solver, grid, message):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [(["sample.calibration.pool=100"], "must be at least sample.calibration.pilot=128"),
+    [(["sample.calibration.pool=200"], "must be at least sample.calibration.pilot=128 \\+ sample.calibration.validation=128"),
      (["sample.calibration.pool=2048", "sample.calibration.trim=0.01"], "give trim or pool, not both")],
 )
 def test_bad_calibration_options_are_refused_before_training(overrides, message):

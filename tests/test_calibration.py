@@ -15,6 +15,7 @@ from sde_diffusion.calibration import (
     calibrate_grid,
     log_snr_grid,
     log_snr_increments,
+    stratified_draws,
     stratified_pilot,
     trimmed_relative_error,
     weighted_relative_error,
@@ -101,8 +102,8 @@ def test_stratified_pilot_holds_the_hardest_and_stands_for_the_pool():
     model, t_min, steps, size = mixture.score_model(sde), sde.default_t_min, 9, 128
     pool = sde.prior_sample((2048, 32), torch.Generator().manual_seed(4), dtype=torch.float64)
     engine = sd.solvers.get("unipc")
-    x_T, weights = stratified_pilot(sde, model, engine, steps, pool, size, t_min, sde.T, True,
-                                    torch.Generator().manual_seed(5))
+    x_T, weights, _, _ = stratified_pilot(sde, model, engine, steps, pool, size, t_min, sde.T, True,
+                                          torch.Generator().manual_seed(5))
     assert x_T.shape == (size, 32) and weights[: size // 2].eq(1).all()
     assert float(weights.sum()) == pytest.approx(len(pool))
 
@@ -122,6 +123,34 @@ def test_stratified_pilot_holds_the_hardest_and_stands_for_the_pool():
     se_uniform = len(pool) * float(squared.std()) / size**0.5
     assert abs(estimate - float(squared.sum())) < 3 * se_stratified
     assert se_stratified < 0.1 * se_uniform
+
+
+def test_a_held_out_stratified_sample_is_disjoint_and_estimates_the_same_pool():
+    """`stratified_draws` with a held-out sample: the two samples share no draw, the hard stratum (the top of the
+    screening) is split between them, each one's weights sum to the pool's size, and over many splits each
+    weighted sum of a per-draw quantity averages to the pool's sum (unbiased; tolerance 4 standard errors of the
+    mean over the splits)."""
+    g = torch.Generator().manual_seed(8)
+    pool = torch.arange(1000, dtype=torch.float64)[:, None]
+    screening = torch.rand(1000, generator=g) ** 8  # a few large values, as on separated modes
+    value = 1 + 50 * screening  # a per-draw quantity that the screening predicts
+    pilot_sums, held_sums = [], []
+    for seed in range(400):
+        x, w, x_held, w_held = stratified_draws(pool, screening, 40, held_out=24, generator=torch.Generator().manual_seed(seed))
+        picked, held = x[:, 0].long(), x_held[:, 0].long()
+        assert len(picked) == 40 and len(held) == 24 and not set(picked.tolist()) & set(held.tolist())
+        assert float(w.sum()) == pytest.approx(1000) and float(w_held.sum()) == pytest.approx(1000)
+        top = set(screening.argsort(descending=True)[:32].tolist())
+        assert set(picked[:20].tolist()) | set(held[:12].tolist()) == top
+        pilot_sums.append(float((w * value[picked]).sum()))
+        held_sums.append(float((w_held * value[held]).sum()))
+    for sums in (torch.tensor(pilot_sums), torch.tensor(held_sums)):
+        assert abs(float(sums.mean()) - float(value.sum())) < 4 * float(sums.std()) / len(sums) ** 0.5
+
+
+def test_stratified_draws_need_a_large_enough_pool():
+    with pytest.raises(ValueError, match="pool of at least 12"):
+        stratified_draws(torch.zeros(10, 2), torch.zeros(10), 8, held_out=4)
 
 
 def test_a_stratified_calibration_fits_a_grid(ring):
@@ -159,7 +188,7 @@ def test_a_given_reference_is_used(ring):
         (dict(validation=-1), "validation is the number"),
         (dict(t_min=0.0), "need 0 < t_min < t_max"),
         (dict(stratify=1), "stratify is the size"),
-        (dict(stratify=8), "larger than the pool"),
+        (dict(stratify=8), "must hold at least 136"),
         (dict(stratify=2, trim=0.1, method="powell"), "not both"),
         (dict(stratify=2, shape=None, x_T=torch.zeros(4, 2), reference=torch.zeros(4, 2)), "leave reference out"),
     ],

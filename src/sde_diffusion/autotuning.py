@@ -4,9 +4,10 @@ budget, with what the search cost, cached on disk.
 Every candidate (a solver and its options) gets the most steps whose solve plus the final Tweedie step fits in `nfe`
 (measured: a probe solve of one draw through the counting wrapper, not a formula per solver). One teacher solve
 (`calibration.teacher_solve`) serves all candidates, on a pilot batch and a held-out validation batch. Then two
-rounds of `calibration.fit_grid_by_gradient`: every candidate gets an equal share of half the budget; the one with
-the least pilot error gets the rest, from where it stopped. The validation error of the winner on its grid is the
-one reported. Work is counted in sample-evaluations (rows x calls, a backward pass counting twice) by a
+rounds of `calibration.fit_grid_by_gradient` (successive halving): every candidate gets an equal share of a third
+of the budget, descending from the best of `calibration.GRADIENT_STARTS`; the `FINALISTS` with the least pilot
+error share the rest, each from where it stopped; the one of them with the least pilot error wins. The validation
+error of the winner on its grid is the one reported. Work is counted in sample-evaluations (rows x calls, a backward pass counting twice) by a
 `SampleEvaluationCounter`.
 
 The result is stored as JSON under `cache_dir` (default `$SDE_DIFFUSION_CACHE`, else ~/.cache/sde_diffusion/autotune),
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .calibration import INITIAL_GRIDS, check_calibratable, fit_grid_by_gradient, teacher_solve
+from .calibration import GRADIENT_STARTS, check_calibratable, fit_grid_by_gradient, grid_label, teacher_solve
 from .counting import counted
 from .metrics import relative_error
 from .sampling import as_score_model, sample
@@ -49,7 +50,10 @@ CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 """The default candidates: the multistep exponential integrators that led the arena at 5-50 NFE."""
 
-CACHE_VERSION = 1
+FINALISTS = 2
+"""How many candidates the second round refines (the best by pilot error after the first)."""
+
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -155,18 +159,21 @@ def autotune(
         references = teacher_solve(sde, model, draws, t_min, t_max, True, teacher_tol)
     x_pilot, x_val, ref_pilot, ref_val = draws[:pilot], draws[pilot:], references[:pilot], references[pilot:]
 
-    first_share = (budget - counter.total) // (2 * len(plans))
-    rounds = []
-    for name, options, engine, steps in plans:
-        starts = {g: get_grid(g)(sde, steps, t_min, t_max) for g in INITIAL_GRIDS}
-        fit = fit_grid_by_gradient(sde, model, engine, x_pilot, ref_pilot, starts, t_min, t_max, True,
-                                   lambda: counter.total, counter.total + first_share, lr=lr)
-        rounds.append((fit.error, name, options, engine, steps, fit))
+    def descend(plan, starts, share, lr):
+        fit = fit_grid_by_gradient(sde, model, plan[2], x_pilot, ref_pilot, starts, t_min, t_max, True,
+                                   lambda: counter.total, counter.total + share, lr=lr)
+        return fit, plan
+
+    first_share = (budget - counter.total) // (3 * len(plans))
+    first = [descend(plan, {grid_label(g): get_grid(g)(sde, plan[3], t_min, t_max) for g in GRADIENT_STARTS},
+                     first_share, lr) for plan in plans]
     table = [dict(solver=n, options=o, steps=s, pilot_error=f.error, initial_errors=f.initial_errors)
-             for _, n, o, _, s, f in rounds]
-    _, name, options, engine, steps, fit = min(rounds, key=lambda r: r[0])
-    final = fit_grid_by_gradient(sde, model, engine, x_pilot, ref_pilot, {"first round": fit.times}, t_min, t_max,
-                                 True, lambda: counter.total, budget, reserve_rows=validation, lr=lr / 2)
+             for f, (n, o, _, s) in first]
+    finalists = sorted(first, key=lambda r: r[0].error)[:FINALISTS]
+    reserve = math.ceil(validation * (nfe + 1) * 1.1)  # the validation solve, with room for a grid-dependent cost
+    second_share = (budget - reserve - counter.total) // len(finalists)
+    second = [descend(plan, {"first round": fit.times}, second_share, lr / 2) for fit, plan in finalists]
+    final, (name, options, engine, steps) = min(second, key=lambda r: r[0].error)
     with torch.no_grad():
         result = sample(sde, model, engine, x_T=x_val, grid=final.times, denoise=True)
     tuned = Autotuned(name, options, final.times, relative_error(result.x, ref_val), counter.total, result.nfe,

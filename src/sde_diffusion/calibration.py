@@ -23,7 +23,9 @@ fits the bulk, not the switches; benchmarks/README.md). `stratify=n` samples the
 statistics): the pilot draws become a pool, screened by the solver's own error estimate (its output on the initial
 grid against the same with 4x the steps, no accurate solve needed); the fit uses the n/2 hardest and a uniform
 sample of n/2 of the rest, weighted by how many pool samples each stands for, so the objective still estimates the
-pool's error but with the hard trajectories all present. On that mixture at 9 steps the hard half holds 97% of the
+pool's error but with the hard trajectories all present; the held-out validation draws are a second such sample of
+the same pool, disjoint from the first (the hard stratum shared between the two at random), so the validation error
+estimates the same quantity as the pilot error and their ratio measures over-fitting alone. On that mixture at 9 steps the hard half holds 97% of the
 squared error of a 2048-draw pool and the estimate's standard error is 0.004 of a uniform pilot's of the same size
 (tests/test_calibration.py).
 
@@ -33,8 +35,8 @@ the given end points. Two searches over theta:
 
 - `method="gradient"` (the default), as LD3 does: every coefficient of the deterministic solvers is a torch function
   of alpha, sigma and log-SNR at the grid's times, so the solve is differentiable in theta, and Adam descends on the
-  pilot error from the better of the log-SNR and EDM grids, going back to the best grid with half the step after a
-  step that makes it worse or a plateau. The teacher is cheap (the adaptive Dormand-Prince pair in log-SNR at
+  pilot error from the best of `GRADIENT_STARTS` (log-SNR, EDM at rho = 7, 5, 3, uniform), going back to the best
+  grid with half the step after a step that makes it worse or a plateau. The teacher is cheap (the adaptive Dormand-Prince pair in log-SNR at
   1e-4, 75-81 evaluations per draw on the arena's EDM cases, an error of 3e-5 to 8e-5), the pilot batch small (64-512
   draws), and the whole calibration (teacher, starts, descent, validation) stops within `budget` sample-evaluations
   (rows x network calls, a backward pass counting as two, counted by `counting.SampleEvaluationCounter`): 100 000
@@ -66,9 +68,19 @@ from .sampling import as_score_model, sample
 from .score import ScoreModel
 from .sde import SDE, LinearSDE
 from .solvers import NonFiniteError, Solver, get
-from .solvers.grids import get_grid
+from .solvers.grids import EDMGrid, TimeGrid, get_grid
 
 INITIAL_GRIDS = ("log_snr", "edm")
+"""The Powell search's starting grids (each start is a whole search)."""
+GRADIENT_STARTS: tuple[str | TimeGrid, ...] = ("log_snr", "edm", EDMGrid(rho=5.0), EDMGrid(rho=3.0), "uniform")
+"""The gradient method's candidate starts: each costs one pilot solve, and the descent starts from the best. The
+descent finds a local minimum near its start, and which start is best depends on the problem: on the arena's 32-D
+mixture at 10 NFE, EDM's rho = 3 or 5 (benchmarks/README.md, "Cheap calibration")."""
+
+
+def grid_label(grid: str | TimeGrid) -> str:
+    """A name for a grid in `Calibration.initial_errors`: its registered name, or its repr."""
+    return grid if isinstance(grid, str) else repr(grid)
 
 
 @dataclass
@@ -111,21 +123,12 @@ def weighted_relative_error(x: torch.Tensor, reference: torch.Tensor, weights: t
     return float((w * squared).sum().sqrt() / (w * reference.reshape(len(x), -1).pow(2).sum(1)).sum().sqrt())
 
 
-def stratified_pilot(
-    sde: LinearSDE, model: ScoreModel, engine: Solver, steps: int, pool: torch.Tensor, size: int, t_min: float,
-    t_max: float, denoise: bool, generator: torch.Generator | None = None, grid: str = INITIAL_GRIDS[0], refine: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_T, weights): `size` of the `pool` draws, half of them the hardest, the rest a uniform sample of the others.
-
-    "Hardest" is judged by a screening error, the distance between the solver's output on `grid` with `steps` and
-    with `refine * steps` steps (an estimate of the coarse solve's error that needs no accurate solve of the pool),
-    computed in batches of `size`.
-    The hard half has weight 1 and each of the others (pool - size / 2) / (size - size / 2), so weighted sums over
-    the pilot estimate sums over the whole pool without bias: the error is still the pool's, but the rare
-    trajectories that dominate it (on separated modes, those that end in another mode than the exact flow's) are
-    all in the pilot instead of a handful.
-    """
-    n_hard = size // 2
+def screening_errors(
+    sde: LinearSDE, model: ScoreModel, engine: Solver, steps: int, pool: torch.Tensor, t_min: float, t_max: float,
+    denoise: bool, batch: int, grid: str = INITIAL_GRIDS[0], refine: int = 4,
+) -> torch.Tensor:
+    """Per pool draw, ||x(grid, steps) - x(grid, refine * steps)||: an estimate of the coarse solve's error that needs
+    no accurate solve, computed in batches of `batch` draws."""
     coarse_grid, fine_grid = get_grid(grid)(sde, steps, t_min, t_max), get_grid(grid)(sde, refine * steps, t_min, t_max)
 
     def screen(x_T: torch.Tensor) -> torch.Tensor:
@@ -133,13 +136,59 @@ def stratified_pilot(
         fine = sample(sde, model, engine, x_T=x_T, grid=fine_grid, denoise=denoise).x
         return (coarse - fine).reshape(len(x_T), -1).norm(dim=1)
 
-    screening = torch.cat([screen(chunk) for chunk in pool.split(size)])  # batches no larger than the pilot's
+    return torch.cat([screen(chunk) for chunk in pool.split(batch)])
+
+
+def stratified_draws(
+    pool: torch.Tensor, screening: torch.Tensor, size: int, held_out: int = 0, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, w, x_held_out, w_held_out): a stratified sample of `size` pool draws and a disjoint one of `held_out`.
+
+    The hard stratum is the size // 2 + held_out // 2 draws of largest `screening`; each sample takes its half from
+    it (at random, when there is a held-out sample to share it with) and the rest uniformly from the other draws.
+    Each draw is weighted by how many pool draws it stands for (stratum size / draws taken from it), so weighted
+    sums over either sample estimate sums over the whole pool without bias, and the two estimates are of the same
+    quantity: the held-out one judges a fit to the first without being part of it. With `held_out=0` the hard half
+    is exactly the pool's top (weight 1)."""
+    if size + held_out > len(pool):
+        raise ValueError(f"a stratified pilot of {size} and {held_out} held-out draws need a pool of at least "
+                         f"{size + held_out} draws; got {len(pool)}")
+    device = generator.device if generator is not None else "cpu"
+
+    def shuffled(index: torch.Tensor) -> torch.Tensor:
+        return index[torch.randperm(len(index), generator=generator, device=device).to(index.device)]
+
+    n_hard, h_hard = size // 2, held_out // 2
     order = screening.argsort(descending=True)
-    hard, rest = order[:n_hard], order[n_hard:]
-    picked = torch.randperm(len(rest), generator=generator, device=generator.device if generator else "cpu")
-    easy = rest[picked[: size - n_hard].to(rest.device)]
-    weights = torch.cat([torch.ones(n_hard), torch.full((size - n_hard,), len(rest) / (size - n_hard))])
-    return pool[torch.cat([hard, easy])], weights.to(pool.device, torch.float64)
+    hard, rest = order[: n_hard + h_hard], shuffled(order[n_hard + h_hard:])
+    if h_hard:
+        hard = shuffled(hard)
+    n_easy, h_easy = size - n_hard, held_out - h_hard
+
+    def weights(n_h: int, n_e: int) -> torch.Tensor:
+        return torch.cat([torch.full((n_h,), len(hard) / max(n_h, 1)), torch.full((n_e,), len(rest) / max(n_e, 1))])
+
+    pilot = torch.cat([hard[:n_hard], rest[:n_easy]])
+    kept = torch.cat([hard[n_hard:], rest[n_easy: n_easy + h_easy]])
+    as_weights = dict(device=pool.device, dtype=torch.float64)
+    return pool[pilot], weights(n_hard, n_easy).to(**as_weights), pool[kept], weights(h_hard, h_easy).to(**as_weights)
+
+
+def stratified_pilot(
+    sde: LinearSDE, model: ScoreModel, engine: Solver, steps: int, pool: torch.Tensor, size: int, t_min: float,
+    t_max: float, denoise: bool, generator: torch.Generator | None = None, grid: str = INITIAL_GRIDS[0], refine: int = 4,
+    held_out: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_T, weights, x_held_out, weights_held_out): `size` of the `pool` draws, half of them the hardest, the rest
+    a uniform sample of the others, and a disjoint sample of `held_out` drawn the same way (`stratified_draws`).
+
+    "Hardest" is judged by `screening_errors` on `grid` (the solver with `steps` against `refine * steps` steps, no
+    accurate solve needed), computed in batches of `size`. The weighted error of either sample is the pool's, but
+    the rare trajectories that dominate it (on separated modes, those that end in another mode than the exact
+    flow's) are all in the sample instead of a handful.
+    """
+    screening = screening_errors(sde, model, engine, steps, pool, t_min, t_max, denoise, size, grid, refine)
+    return stratified_draws(pool, screening, size, held_out, generator)
 
 
 def log_snr_grid(sde: LinearSDE, theta: np.ndarray | torch.Tensor, t_min: float, t_max: float) -> torch.Tensor:
@@ -178,7 +227,7 @@ def calibrate_grid(
     budget: int = 100_000,
     validation: int = 128,
     lr: float = 0.2,
-    initial_grids: Sequence[str] = INITIAL_GRIDS,
+    initial_grids: Sequence[str | TimeGrid] | None = None,
     max_evaluations: int | None = None,
     trim: float = 0.0,
     stratify: int | None = None,
@@ -191,11 +240,12 @@ def calibrate_grid(
     """Fit the `steps + 1` times of `solver` on `score` to an accurate solve of the probability flow (see the module).
 
     The pilot batch is `x_T`, or `shape` draws from the prior (with `generator`); `validation` more prior draws
-    (0: none) are held out and only judged, once, on the fitted grid (`Calibration.validation_error`). `reference`
+    (0: none) are held out and only judged, once, on the fitted grid (`Calibration.validation_error`); with
+    `stratify`, they are a stratified sample of the pool too, disjoint from the pilot, weighted alike. `reference`
     is the teacher's output for the pilot batch (denoised if `denoise`); `denoise` must match how you will sample.
 
     `method="gradient"` (the default) descends on theta (Adam, step `lr`) through the differentiable solve, from the
-    better of `initial_grids`, until the next step would take the work past `budget` sample-evaluations in all
+    best of `initial_grids` (default `GRADIENT_STARTS`; Powell: `INITIAL_GRIDS`), until the next step would take the work past `budget` sample-evaluations in all
     (teacher, starts, steps and validation; a backward pass counts twice). Its teacher is the adaptive Dormand-Prince
     pair in log-SNR at rtol = atol = `reference_tol` (default 1e-4), on the pilot and the validation draws at once.
 
@@ -203,9 +253,12 @@ def calibrate_grid(
     `max_evaluations` solves (default 1500), against scipy's DOP853 at `reference_tol` (default 1e-9 in float64,
     1e-6 in lower precisions); `trim` applies to it alone, and `budget` does not bind it.
 
-    `stratify=n` (either method) fits on n of the pilot draws, stratified by `stratified_pilot`; its screening
-    evaluates each draw 5 * steps times (Powell: against 4x the steps) or 3 * steps times (gradient: 2x), + 2 with
-    `denoise`.
+    `stratify=n` (either method) treats `x_T` (or the `shape` draws) as a pool and fits on n of its draws,
+    stratified by `stratified_pilot`, judging on `validation` more of them (the pool must hold n + validation); its
+    screening evaluates each pool draw 5 * steps times (Powell: against 4x the steps) or 3 * steps times (gradient:
+    2x), + 2 with `denoise`. It pays where a few trajectories carry most of the error, as at 10 NFE on the arena's
+    32-D mixture (a pool of 1000 at 1e5 halves the error there), not where the bulk does (at 20 NFE it does worse
+    than a plain pilot of the same cost); benchmarks/README.md, "Cheap calibration".
 
     `Calibration.cost` is the work counted by a `SampleEvaluationCounter` on the network, whichever the method.
     """
@@ -248,33 +301,42 @@ def calibrate_grid(
         raise ValueError(f"need 0 < t_min < t_max (the grid lives in log-SNR, infinite at t = 0); got t_min={t_min}, t_max={t_max}")
     if stratify is not None and reference is not None:
         raise ValueError("stratify picks the pilot from the pool before the teacher runs: leave reference out")
-    if stratify is not None and stratify > len(x_T):
-        raise ValueError(f"stratify={stratify} is larger than the pool of {len(x_T)} pilot draws")
+    if stratify is not None and stratify + validation > len(x_T):
+        raise ValueError(f"stratify={stratify} and validation={validation} draws are taken from the pool of "
+                         f"{len(x_T)} prior draws, which must hold at least {stratify + validation}: give a larger "
+                         "pool (shape or x_T), or fewer draws")
     if reference is not None and reference.shape != x_T.shape:
         raise ValueError(f"reference must have the shape of x_T, {tuple(x_T.shape)}; got {tuple(reference.shape)}")
-    x_val = sde.prior_sample((validation, *x_T.shape[1:]), generator, dtype=x_T.dtype, device=x_T.device) if validation else None
+    if initial_grids is None:
+        initial_grids = GRADIENT_STARTS if method == "gradient" else INITIAL_GRIDS
+    starts = {grid_label(grid): get_grid(grid)(sde, steps, t_min, t_max) for grid in initial_grids}
 
     model, counter = counted(model)
+    weights = val_weights = x_val = None
     with torch.no_grad():
+        if stratify is not None:  # screened against 2x (gradient) or 4x (Powell) the steps
+            x_T, weights, x_val, val_weights = stratified_pilot(sde, model, engine, steps, x_T, stratify, t_min, t_max,
+                                                                denoise, generator, refine=2 if method == "gradient" else 4,
+                                                                held_out=validation)
+        elif validation:
+            x_val = sde.prior_sample((validation, *x_T.shape[1:]), generator, dtype=x_T.dtype, device=x_T.device)
+        x_val = x_val if validation else None
         if method == "gradient":
             tol = 1e-4 if reference_tol is None else reference_tol
-            weights = None
-            if stratify is not None:  # screened against twice the steps: 3 steps (+ 2) per pool draw
-                x_T, weights = stratified_pilot(sde, model, engine, steps, x_T, stratify, t_min, t_max, denoise,
-                                                generator, refine=2)
             reference, ref_val = _references(sde, model, x_T, reference, x_val, t_min, t_max, denoise, tol)
-            starts = {name: get_grid(name)(sde, steps, t_min, t_max) for name in initial_grids}
             fit = fit_grid_by_gradient(sde, model, engine, x_T, reference, starts, t_min, t_max, denoise,
                                        lambda: counter.total, budget, 0 if x_val is None else len(x_val), lr,
                                        weights=weights)
             times, error, initial_errors, evaluations = fit.times, fit.error, fit.initial_errors, fit.iterations
         else:
             times, error, initial_errors, evaluations, reference, ref_val = _powell(
-                sde, model, engine, steps, x_T, reference, x_val, t_min, t_max, denoise, initial_grids,
-                1500 if max_evaluations is None else max_evaluations, trim, stratify, reference_tol, generator)
+                sde, model, engine, x_T, weights, reference, x_val, t_min, t_max, denoise, starts,
+                1500 if max_evaluations is None else max_evaluations, trim, reference_tol)
         validation_error = math.nan
         if x_val is not None:
-            validation_error = relative_error(sample(sde, model, engine, x_T=x_val, grid=times, denoise=denoise).x, ref_val)
+            x = sample(sde, model, engine, x_T=x_val, grid=times, denoise=denoise).x
+            validation_error = (relative_error(x, ref_val) if val_weights is None
+                                else weighted_relative_error(x, ref_val, val_weights))
     return Calibration(times, error, initial_errors, evaluations, model.nfe, cost=counter.total,
                        validation_error=validation_error, method=method, wall_time_s=time.perf_counter() - started)
 
@@ -385,12 +447,9 @@ def teacher_solve(sde: LinearSDE, model: ScoreModel, x_T: torch.Tensor, t_min: f
     return sample(sde, model, "dopri5", x_T=x_T, t_min=t_min, t_max=t_max, denoise=denoise, rtol=tol, atol=tol).x
 
 
-def _powell(sde, model, engine, steps, x_T, reference, x_val, t_min, t_max, denoise, initial_grids, max_evaluations,
-            trim, stratify, reference_tol, generator):
+def _powell(sde, model, engine, x_T, weights, reference, x_val, t_min, t_max, denoise, starts, max_evaluations,
+            trim, reference_tol):
     """The derivative-free search (Powell from each initial grid), as before the gradient method."""
-    weights = None
-    if stratify is not None:
-        x_T, weights = stratified_pilot(sde, model, engine, steps, x_T, stratify, t_min, t_max, denoise, generator)
     if reference_tol is None:
         reference_tol = 1e-9 if x_T.dtype == torch.float64 else 1e-6
     if reference is None:
@@ -413,8 +472,7 @@ def _powell(sde, model, engine, steps, x_T, reference, x_val, t_min, t_max, deno
         return trimmed_relative_error(x, reference, trim)
 
     best_times, best_error, initial_errors = None, math.inf, {}
-    for name in initial_grids:
-        start = get_grid(name)(sde, steps, t_min, t_max)
+    for name, start in starts.items():
         initial_errors[name] = pilot_error(start)
         search = scipy.optimize.minimize(
             lambda theta: pilot_error(log_snr_grid(sde, theta, t_min, t_max)),

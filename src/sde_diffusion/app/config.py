@@ -74,10 +74,11 @@ class TrainConfig:
 class CalibrationConfig:
     """For solvers with `grid: calibrated`: the grid is fitted to the trained model before sampling
     (`sde_diffusion.calibrate_grid`) on `pilot` prior draws, by `method`: `gradient` (descent through the solve,
-    at most `budget` sample-evaluations in all) or `powell` (each Powell search capped at `max_evaluations`; `trim`).
-    With `pool`, the pilot batch is stratified from that many draws (`calibrate_grid(stratify=pilot)`): its hardest
-    half by screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the
-    error (separated modes)."""
+    at most `budget` sample-evaluations in all) or `powell` (each Powell search capped at `max_evaluations`; `trim`),
+    and judged on `validation` held-out draws. With `pool`, the pilot batch and the held-out draws are stratified
+    from that many draws (`calibrate_grid(stratify=pilot)`; pool >= pilot + validation): their hardest half by
+    screening error and a reweighted sample of the rest; worth it where a few trajectories carry most of the error
+    (separated modes, few steps)."""
 
     method: str = "gradient"
     budget: int = 100_000
@@ -85,6 +86,7 @@ class CalibrationConfig:
     max_evaluations: int = 1500
     trim: float = 0.0
     pool: int | None = None
+    validation: int = 128
 
 
 @dataclass

@@ -138,9 +138,10 @@ def build(cfg: DictConfig) -> Built:
 
 def _check_calibration(c) -> None:
     """sample.calibration, checked before training when a solver asks for a calibrated grid."""
-    if c["pool"] is not None and c["pool"] < c["pilot"]:
-        raise ConfigError(f"sample.calibration.pool={c['pool']} must be at least sample.calibration.pilot={c['pilot']} "
-                          "(the pilot batch is stratified from the pool), or null to fit on plain pilot draws")
+    if c["pool"] is not None and c["pool"] < c["pilot"] + c["validation"]:
+        raise ConfigError(f"sample.calibration.pool={c['pool']} must be at least sample.calibration.pilot="
+                          f"{c['pilot']} + sample.calibration.validation={c['validation']} (the pilot batch and the "
+                          "held-out draws are stratified from the pool), or null to fit on plain pilot draws")
     if c["pool"] is not None and c["trim"]:
         raise ConfigError("sample.calibration: give trim or pool, not both (the stratified pilot keeps the hard samples "
                           "that trim would leave out)")
@@ -173,7 +174,8 @@ def _calibrated_times(built: Built, score: ScoreModel, sampler: Sampler, seed: i
     search = dict(max_evaluations=c["max_evaluations"], trim=c["trim"]) if c["method"] == "powell" else dict(budget=c["budget"])
     result = calibrate_grid(
         built.sde, score, solver, steps, shape=(c["pool"] or c["pilot"], *built.data.shape), generator=generator,
-        device=built.device, denoise=s["denoise"], method=c["method"], stratify=c["pilot"] if c["pool"] else None, **search,
+        device=built.device, denoise=s["denoise"], method=c["method"], stratify=c["pilot"] if c["pool"] else None,
+        validation=c["validation"], **search,
     )
     info = {"times": result.times.tolist(), "pilot_error": result.error, "initial_errors": result.initial_errors,
             "evaluations": result.evaluations, "nfe": result.nfe, "cost": result.cost,

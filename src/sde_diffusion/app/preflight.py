@@ -69,6 +69,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "sample.calibration.max_evaluations": _integer(1),
     "sample.calibration.trim": _real(minimum=0, below=1),
     "sample.calibration.pool": _integer(1, optional=True),
+    "sample.calibration.validation": _integer(0),
     "evaluate.metrics": _metrics,
     "evaluate.projections": _integer(1),
     "evaluate.floor_repeats": _integer(2),
