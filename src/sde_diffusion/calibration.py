@@ -170,8 +170,8 @@ def stratified_draws(
 
     pilot = torch.cat([hard[:n_hard], rest[:n_easy]])
     kept = torch.cat([hard[n_hard:], rest[n_easy: n_easy + h_easy]])
-    as_weights = dict(device=pool.device, dtype=torch.float64)
-    return pool[pilot], weights(n_hard, n_easy).to(**as_weights), pool[kept], weights(h_hard, h_easy).to(**as_weights)
+    w_pilot, w_kept = (weights(*n).to(pool.device, torch.float64) for n in ((n_hard, n_easy), (h_hard, h_easy)))
+    return pool[pilot], w_pilot, pool[kept], w_kept
 
 
 def stratified_pilot(

@@ -186,7 +186,7 @@ class Calibrated(Contestant):
                 sde, ScoreModel(model.network, sde, model.prediction), self.name, steps, t_min=t_min,
                 shape=(self.pool or self.pilot, *like.shape[1:]), stratify=self.pilot if self.pool else None,
                 generator=g, dtype=like.dtype, device=like.device, method="powell", max_evaluations=self.max_evaluations,
-                **self.options,
+                validation=0, **self.options,  # the arena judges the grid on its own draws
             )
             grids[steps] = calibration.times
             self.calibration_nfe[steps] = calibration.nfe
