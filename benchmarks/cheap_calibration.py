@@ -11,12 +11,13 @@ the error pooled over all fresh draws (relative RMS; mean and worst seed), its r
 number of switched samples (per-sample error above half the data's RMS norm).
 
 With `--powell`, also today's Powell search at the arena's settings (`POWELL`), on the same fresh draws. With
-`--autotune`, `sd.autotune` at each budget against the exhaustive sweep at the same settings (every candidate
-calibrated on its own with autotune's pilot, validation and budget), both judged on the same fresh draws.
+`--autotune`, `sd.autotune` at each budget against the exhaustive sweep (every candidate calibrated on its own by
+`calibrate_grid` at its default budget, on autotune's pilot draws), both judged on the same fresh draws; with
+`--autotune-only`, that alone.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cheap_calibration.py [--problems ring-2d gmm-32d]
         [--budgets 10 20] [--costs 10000 100000 1000000] [--seeds 3] [--sets 4] [--samples 2048] [--powell]
-        [--autotune]
+        [--autotune] [--autotune-only]
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
                         help="also today's Powell search for these (NFE, UniPC order) pairs, e.g. 10:2 20:3 "
                              "(minutes per grid)")
     parser.add_argument("--autotune", action="store_true")
+    parser.add_argument("--autotune-only", action="store_true", help="the autotune rows alone (no calibration table)")
     args = parser.parse_args()
     if any(c not in PILOT for c in args.costs):
         parser.error(f"--costs must be among {sorted(PILOT)} (each has its pilot size)")
@@ -110,24 +112,29 @@ def main() -> None:
             best_peer[budget] = min(rows, key=lambda r: r[1])
             print(f"{budget} NFE, best peer {best_peer[budget][0]}: {best_peer[budget][1]:.4g} "
                   f"({best_peer[budget][2]} switched)")
-        print("\n| NFE | solver | pilot | cost (sample-evals) | wall s | pilot error | validation | val / pilot | "
-              "fresh error (mean, worst) | switched | / best peer |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for budget in args.budgets:
-            for order in args.orders:
-                for cost in args.costs:
-                    for stratified in (False, True):
-                        print(calibrated_row(sde, mixture, model, sets, best_peer, budget, order, cost, stratified,
-                                             args.seeds if cost < 1_000_000 else 1), flush=True)
-        if args.powell:
+        if not args.autotune_only:
+            calibrated_table(sde, mixture, model, sets, best_peer, args)
+        if args.powell and not args.autotune_only:
             print("\n| NFE | solver | today's Powell: cost | wall s | pilot error | validation | fresh error | switched | "
                   "/ best peer |")
             print("|---|---|---|---|---|---|---|---|---|")
             for pair in args.powell:
                 budget, order = map(int, pair.split(":"))
                 print(powell_row(sde, mixture, model, sets, best_peer, budget, order), flush=True)
-        if args.autotune:
+        if args.autotune or args.autotune_only:
             autotune_rows(sde, mixture, model, t_min, args, sets, best_peer)
+
+
+def calibrated_table(sde, mixture, model, sets, best_peer, args):
+    print("\n| NFE | solver | pilot | cost (sample-evals) | wall s | pilot error | validation | val / pilot | "
+          "fresh error (mean, worst) | switched | / best peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for budget in args.budgets:
+        for order in args.orders:
+            for cost in args.costs:
+                for stratified in (False, True):
+                    print(calibrated_row(sde, mixture, model, sets, best_peer, budget, order, cost, stratified,
+                                         args.seeds if cost < 1_000_000 else 1), flush=True)
 
 
 def calibrated_row(sde, mixture, model, sets, best_peer, budget, order, cost, stratified, seeds):
@@ -168,12 +175,13 @@ def powell_row(sde, mixture, model, sets, best_peer, budget, order):
 
 
 def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
-    """autotune (its defaults) against the exhaustive sweep at the same settings: every candidate calibrated on its
-    own by `calibrate_grid` with autotune's pilot and validation sizes and autotune's whole budget."""
+    """autotune (its defaults) against the exhaustive sweep: every candidate calibrated on its own by
+    `calibrate_grid` at its default budget, on autotune's own pilot draws (so the two differ by the search alone)."""
     defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                 if v.default is not inspect.Parameter.empty}
+    budget_each = inspect.signature(sd.calibrate_grid).parameters["budget"].default
     print(f"\n| NFE | autotune: solver (cost) | its fresh error | sweep: each candidate's fresh error "
-          f"(at {defaults['budget']} each) | sweep's best (total cost) | autotune / sweep's best | "
+          f"(at {budget_each} each) | sweep's best (total cost) | autotune / sweep's best | "
           "sweep's error of autotune's choice / sweep's best | / best peer |")
     print("|---|---|---|---|---|---|---|---|")
     for budget in args.budgets:
@@ -182,12 +190,13 @@ def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
         ours, _ = judge(lambda x: sd.sample(sde, model, tuned.solver, x_T=x, grid=tuned.times, denoise=True,
                                             **tuned.options).x, sets)
         sweep, spent = [], 0
+        x_pilot, _ = sd.autotuning.pilot_draws(sde, (mixture.dim,), defaults["pilot"], defaults["validation"],
+                                               dtype=torch.float64)
         for name, options in sd.autotuning.CANDIDATES:
             steps = sd.autotuning.steps_within(sde, model, sd.solvers.get(name, **options), budget, sets[0][0][:1],
                                                t_min, sde.T)
-            cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps,
-                                    shape=(defaults["pilot"], mixture.dim), validation=defaults["validation"],
-                                    budget=defaults["budget"], dtype=torch.float64,
+            cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps, x_T=x_pilot,
+                                    validation=defaults["validation"], dtype=torch.float64,
                                     generator=torch.Generator().manual_seed(20261202 + budget), **options)
             spent += cal.cost
             error, _ = judge(lambda x: sd.sample(sde, model, name, x_T=x, grid=cal.times, denoise=True, **options).x, sets)

@@ -14,7 +14,8 @@ probability flow of the *learned* model from the same `--n` prior draws:
 - every diffusers scheduler of the arena (`arena.contestants.DIFFUSERS_PEERS`, driven by `Diffusers`, the arena's
   own driver), its step count the largest whose measured NFE fits the budget;
 - the exhaustive sweep: every candidate of `autotuning.CANDIDATES` on its own grid, `calibrate_grid` at `--sweep-budget`
-  sample-evaluations each (default: autotune's whole budget, per candidate).
+  sample-evaluations each (default: its own default budget, as a user calibrating each candidate by hand would), on
+  autotune's own pilot draws; autotune's default budget is half the sweep's total.
 
 Measured for each, on the same draws:
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -65,6 +67,9 @@ from train_digits import Classifier, features, frechet_distance_of_features, jud
 RESULTS = Path(__file__).parent / "results"
 FIGURES = Path(__file__).parent / "figures"
 BUDGETS = (5, 10, 20)
+AUTOTUNE_DEFAULTS = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
+                     if v.default is not inspect.Parameter.empty}
+CALIBRATION_BUDGET = inspect.signature(sd.calibrate_grid).parameters["budget"].default
 
 DIGITS_CONFIG = dict(channels=16, mults=[1, 2, 2], res_blocks=1, dropout=0.1, steps=3000, batch=128, lr=1e-3,
                      warmup=200, ema=0.999, seed=0)
@@ -259,7 +264,7 @@ def contestants(case: Case, budget: int, args, probe: torch.Tensor, log: dict) -
         out.append((label.removeprefix("diffusers:"), "diffusers", f"{scheduler}, {setting.steps} steps",
                     lambda x, p=peer, s=setting: p.solve(sde, model, x, t_min, s, None), None))
     if budget in args.sweep_nfe:
-        sweep_budget = args.sweep_budget or 400_000
+        sweep_budget = args.sweep_budget or CALIBRATION_BUDGET
         for name, options in CANDIDATES:
             engine = sd.solvers.get(name, **options)
             steps = steps_within(sde, model, engine, budget, probe[:1], t_min, sde.T)
@@ -273,16 +278,19 @@ def contestants(case: Case, budget: int, args, probe: torch.Tensor, log: dict) -
 
 
 def calibrated(case: Case, name: str, options: dict, steps: int, budget: int) -> dict:
-    """`calibrate_grid` (gradient method, autotune's pilot and validation sizes), cached by the model's fingerprint."""
+    """`calibrate_grid` (gradient method) on autotune's own pilot draws (`autotuning.pilot_draws`, its default
+    sizes and seed), so the sweep and autotune differ by the search alone; cached by the model's fingerprint."""
+    pilot, validation = AUTOTUNE_DEFAULTS["pilot"], AUTOTUNE_DEFAULTS["validation"]
     settings = dict(solver=name, options=options, steps=steps, budget=budget, t_min=case.sde.default_t_min,
-                    t_max=case.sde.T, dtype=str(case.dtype), pilot=128, validation=128)
+                    t_max=case.sde.T, dtype=str(case.dtype), pilot=pilot, validation=validation, pilot_of="autotune")
     key = fingerprint(case.model, case.sde, settings)
     path = RESULTS / "autotune" / f"sweep_{key}.json"
     if path.exists():
         record = json.loads(path.read_text())
     else:
+        x_pilot, _ = sd.autotuning.pilot_draws(case.sde, case.sample_shape, pilot, validation, dtype=case.dtype)
         cal = sd.calibrate_grid(case.sde, sd.ScoreModel(case.model.network, case.sde, "eps"), name, steps,
-                                shape=(128, *case.sample_shape), validation=128, budget=budget,
+                                x_T=x_pilot, validation=validation, budget=budget,
                                 generator=torch.Generator().manual_seed(20261202 + steps), dtype=case.dtype, **options)
         record = {"times": cal.times.tolist(), "cost": cal.cost, "validation_error": cal.validation_error,
                   "pilot_error": cal.error, "wall_s": cal.wall_time_s}
@@ -462,7 +470,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--sweep-nfe", type=int, nargs="*", default=list(BUDGETS), help="budgets with the sweep")
     parser.add_argument("--sweep-budget", type=int, default=None, help="sample-evaluations per swept candidate "
-                        "(default: autotune's whole budget, 400 000)")
+                        "(default: calibrate_grid's, 100 000)")
     parser.add_argument("--n", type=int, default=None, help="prior draws every contestant solves (default: digits "
                         "1000, toy 4000)")
     parser.add_argument("--picture", type=int, default=16, help="digits per panel of the figure, a multiple of 8 (0: no figure)")

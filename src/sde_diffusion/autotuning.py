@@ -91,8 +91,8 @@ def autotune(
     nfe: int,
     shape: Sequence[int],
     candidates: Sequence[tuple[str, dict[str, Any]]] = CANDIDATES,
-    budget: int = 400_000,
-    pilot: int = 128,
+    budget: int = 200_000,
+    pilot: int = 64,
     validation: int = 128,
     lr: float = 0.2,
     teacher_tol: float = 1e-4,
@@ -153,8 +153,7 @@ def autotune(
         raise ValueError(f"nfe={nfe} is below one calibrated solve of every candidate: the cheapest needs 2 steps "
                          "and the denoising evaluation (3 NFE for a multistep solver); give a larger nfe")
 
-    generator = torch.Generator(device=probe.device).manual_seed(seed + 1)
-    draws = sde.prior_sample((pilot + validation, *sample_shape), generator, dtype=dtype, device=device)
+    draws = torch.cat(pilot_draws(sde, sample_shape, pilot, validation, seed, dtype, probe.device))
     with torch.no_grad():
         references = teacher_solve(sde, model, draws, t_min, t_max, True, teacher_tol)
     x_pilot, x_val, ref_pilot, ref_val = draws[:pilot], draws[pilot:], references[:pilot], references[pilot:]
@@ -183,6 +182,16 @@ def autotune(
     if path is not None:
         _write(path, tuned)
     return tuned
+
+
+def pilot_draws(sde: LinearSDE, sample_shape: Sequence[int], pilot: int, validation: int, seed: int = 0,
+                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pilot, validation): the prior draws `autotune(..., seed=seed)` fits on and judges on, so that other code (a
+    sweep of single calibrations, say) can use the very same draws."""
+    generator = torch.Generator(device=device or "cpu").manual_seed(seed + 1)
+    draws = sde.prior_sample((pilot + validation, *sample_shape), generator, dtype=dtype, device=device)
+    return draws[:pilot], draws[pilot:]
 
 
 def steps_within(sde: LinearSDE, model: ScoreModel, engine: Solver, nfe: int, probe: torch.Tensor, t_min: float,
@@ -263,8 +272,8 @@ class AutoSolver:
     `sample.nfe` evaluations with these settings, then sample with what it chose. `candidates`: a list of
     [solver name, options] pairs, or None for `CANDIDATES`; `cache_dir`: None for `default_cache_dir()`."""
 
-    budget: int = 400_000
-    pilot: int = 128
+    budget: int = 200_000
+    pilot: int = 64
     validation: int = 128
     candidates: list | None = None
     cache_dir: str | None = None
