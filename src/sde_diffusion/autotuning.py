@@ -7,8 +7,8 @@ Every candidate (a solver and its options) gets the most steps whose solve plus 
 rounds of `calibration.fit_grid_by_gradient` (successive halving): every candidate gets an equal share of a third
 of the budget, descending from the best of `calibration.GRADIENT_STARTS`; the `FINALISTS` with the least pilot
 error share the rest, each from where it stopped; the one of them with the least pilot error wins. The validation
-error of the winner on its grid is the one reported. Work is counted in sample-evaluations (rows x calls, a backward pass counting twice) by a
-`SampleEvaluationCounter`.
+error of the winner on its grid is the one reported. Work is counted in sample-evaluations (rows x calls, a
+backward pass counting twice) by a `SampleEvaluationCounter`.
 
 The result is stored as JSON under `cache_dir` (default `$SDE_DIFFUSION_CACHE`, else ~/.cache/sde_diffusion/autotune),
 keyed by a fingerprint of the network's weights (an `nn.Module`'s state dict, bytes and all), the SDE (alpha and
@@ -159,7 +159,8 @@ def autotune(
     x_pilot, x_val, ref_pilot, ref_val = draws[:pilot], draws[pilot:], references[:pilot], references[pilot:]
 
     def descend(plan, starts, share, lr):
-        fit = fit_grid_by_gradient(sde, model, plan[2], x_pilot, ref_pilot, starts, t_min, t_max, True,
+        _, _, engine, _ = plan
+        fit = fit_grid_by_gradient(sde, model, engine, x_pilot, ref_pilot, starts, t_min, t_max, True,
                                    lambda: counter.total, counter.total + share, lr=lr)
         return fit, plan
 
@@ -169,7 +170,7 @@ def autotune(
     table = [dict(solver=n, options=o, steps=s, pilot_error=f.error, initial_errors=f.initial_errors)
              for f, (n, o, _, s) in first]
     finalists = sorted(first, key=lambda r: r[0].error)[:FINALISTS]
-    reserve = math.ceil(validation * (nfe + 1) * 1.1)  # the validation solve, with room for a grid-dependent cost
+    reserve = validation * nfe  # the validation solve of the winner
     second_share = (budget - reserve - counter.total) // len(finalists)
     second = [descend(plan, {"first round": fit.times}, second_share, lr / 2) for fit, plan in finalists]
     final, (name, options, engine, steps) = min(second, key=lambda r: r[0].error)
