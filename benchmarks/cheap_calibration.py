@@ -175,37 +175,45 @@ def powell_row(sde, mixture, model, sets, best_peer, budget, order):
 
 
 def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
-    """autotune (its defaults) against the exhaustive sweep: every candidate calibrated on its own by
-    `calibrate_grid` at its default budget, on autotune's own pilot draws (so the two differ by the search alone)."""
+    """autotune (its defaults, `--seeds` seeds) against the exhaustive sweep: for each seed, every candidate
+    calibrated on its own by `calibrate_grid` at its default budget on that seed's autotune pilot draws (so the two
+    differ by the search alone). Fresh errors are means over the seeds; the sweep's best is the candidate of least
+    mean error."""
     defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                 if v.default is not inspect.Parameter.empty}
     budget_each = inspect.signature(sd.calibrate_grid).parameters["budget"].default
-    print(f"\n| NFE | autotune: solver (cost) | its fresh error | sweep: each candidate's fresh error "
-          f"(at {budget_each} each) | sweep's best (total cost) | autotune / sweep's best | "
-          "sweep's error of autotune's choice / sweep's best | / best peer |")
-    print("|---|---|---|---|---|---|---|---|")
+    labels = [f"{name}{options or ''}" for name, options in sd.autotuning.CANDIDATES]
+    print(f"\n| NFE | autotune's choices (mean cost) | its fresh error (mean over {args.seeds} seeds) | sweep: each "
+          f"candidate's fresh error (at {budget_each} each) | sweep's best (mean total cost) | autotune / sweep's best | "
+          "/ best peer |")
+    print("|---|---|---|---|---|---|---|")
     for budget in args.budgets:
-        tuned = sd.autotune(sde, sd.ScoreModel(model.network, sde, "score"), nfe=budget, shape=(1, mixture.dim),
-                            dtype=torch.float64, cache=False)
-        ours, _ = judge(lambda x: sd.sample(sde, model, tuned.solver, x_T=x, grid=tuned.times, denoise=True,
-                                            **tuned.options).x, sets)
-        sweep, spent = [], 0
-        x_pilot, _ = sd.autotuning.pilot_draws(sde, (mixture.dim,), defaults["pilot"], defaults["validation"],
-                                               dtype=torch.float64)
-        for name, options in sd.autotuning.CANDIDATES:
-            steps = sd.autotuning.steps_within(sde, model, sd.solvers.get(name, **options), budget, sets[0][0][:1],
-                                               t_min, sde.T)
-            cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps, x_T=x_pilot,
-                                    validation=defaults["validation"], dtype=torch.float64,
-                                    generator=torch.Generator().manual_seed(20261202 + budget), **options)
-            spent += cal.cost
-            error, _ = judge(lambda x: sd.sample(sde, model, name, x_T=x, grid=cal.times, denoise=True, **options).x, sets)
-            sweep.append((error, f"{name}{options or ''}"))
-        best = min(sweep)
-        chosen = next(error for error, label in sweep if label == f"{tuned.solver}{tuned.options or ''}")
-        each = ", ".join(f"{label} {error:.3g}" for error, label in sweep)
-        print(f"| {budget} | {tuned.solver}{tuned.options or ''} ({tuned.cost}) | {ours:.3g} | {each} | "
-              f"{best[1]} ({spent}) | {ours / best[0]:.2f} | {chosen / best[0]:.2f} | {ours / best_peer[budget][1]:.2f} |",
+        ours, choices, cost, sweep, spent = [], [], 0, {label: [] for label in labels}, 0
+        for seed in range(args.seeds):
+            tuned = sd.autotune(sde, sd.ScoreModel(model.network, sde, "score"), nfe=budget, shape=(1, mixture.dim),
+                                dtype=torch.float64, cache=False, seed=seed)
+            ours.append(judge(lambda x: sd.sample(sde, model, tuned.solver, x_T=x, grid=tuned.times, denoise=True,
+                                                  **tuned.options).x, sets)[0])
+            choices.append(f"{tuned.solver}{tuned.options or ''}")
+            cost += tuned.cost
+            x_pilot, _ = sd.autotuning.pilot_draws(sde, (mixture.dim,), defaults["pilot"], defaults["validation"],
+                                                   seed=seed, dtype=torch.float64)
+            for (name, options), label in zip(sd.autotuning.CANDIDATES, labels, strict=True):
+                steps = sd.autotuning.steps_within(sde, model, sd.solvers.get(name, **options), budget,
+                                                   sets[0][0][:1], t_min, sde.T)
+                cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps, x_T=x_pilot,
+                                        validation=defaults["validation"], dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(20261202 + budget + seed), **options)
+                spent += cal.cost
+                sweep[label].append(judge(lambda x: sd.sample(sde, model, name, x_T=x, grid=cal.times, denoise=True,
+                                                              **options).x, sets)[0])
+        mean = {label: sum(errors) / len(errors) for label, errors in sweep.items()}
+        best = min(mean, key=mean.get)
+        ours_mean = sum(ours) / len(ours)
+        each = ", ".join(f"{label} {error:.3g}" for label, error in mean.items())
+        chosen = ", ".join(f"{c} x{choices.count(c)}" for c in dict.fromkeys(choices))
+        print(f"| {budget} | {chosen} ({cost // args.seeds}) | {ours_mean:.3g} (worst {max(ours):.3g}) | {each} | "
+              f"{best} ({spent // args.seeds}) | {ours_mean / mean[best]:.2f} | {ours_mean / best_peer[budget][1]:.2f} |",
               flush=True)
 
 
