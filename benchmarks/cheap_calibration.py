@@ -12,7 +12,7 @@ number of switched samples (per-sample error above half the data's RMS norm).
 
 With `--powell`, also today's Powell search at the arena's settings (`POWELL`), on the same fresh draws. With
 `--autotune`, `sd.autotune` at each budget against the exhaustive sweep (every candidate calibrated on its own by
-`calibrate_grid` at its default budget, on autotune's pilot draws), both judged on the same fresh draws; with
+`calibrate_grid` at autotune's whole budget, on autotune's pilot draws), both judged on the same fresh draws; with
 `--autotune-only`, that alone.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cheap_calibration.py [--problems ring-2d gmm-32d]
@@ -176,12 +176,12 @@ def powell_row(sde, mixture, model, sets, best_peer, budget, order):
 
 def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
     """autotune (its defaults, `--seeds` seeds) against the exhaustive sweep: for each seed, every candidate
-    calibrated on its own by `calibrate_grid` at its default budget on that seed's autotune pilot draws (so the two
-    differ by the search alone). Fresh errors are means over the seeds; the sweep's best is the candidate of least
+    calibrated on its own by `calibrate_grid` at autotune's whole budget on that seed's autotune pilot draws (so the
+    two differ by the search alone, and autotune costs a quarter of the sweep). Fresh errors are means over the seeds; the sweep's best is the candidate of least
     mean error."""
     defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                 if v.default is not inspect.Parameter.empty}
-    budget_each = inspect.signature(sd.calibrate_grid).parameters["budget"].default
+    budget_each = defaults["budget"]
     labels = [f"{name}{options or ''}" for name, options in sd.autotuning.CANDIDATES]
     print(f"\n| NFE | autotune's choices (mean cost) | its fresh error (mean over {args.seeds} seeds) | sweep: each "
           f"candidate's fresh error (at {budget_each} each) | sweep's best (mean total cost) | autotune / sweep's best | "
@@ -202,7 +202,7 @@ def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
                 steps = sd.autotuning.steps_within(sde, model, sd.solvers.get(name, **options), budget,
                                                    sets[0][0][:1], t_min, sde.T)
                 cal = sd.calibrate_grid(sde, sd.ScoreModel(model.network, sde, "score"), name, steps, x_T=x_pilot,
-                                        validation=defaults["validation"], dtype=torch.float64,
+                                        validation=defaults["validation"], budget=budget_each, dtype=torch.float64,
                                         generator=torch.Generator().manual_seed(20261202 + budget + seed), **options)
                 spent += cal.cost
                 sweep[label].append(judge(lambda x: sd.sample(sde, model, name, x_T=x, grid=cal.times, denoise=True,

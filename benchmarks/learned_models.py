@@ -14,8 +14,8 @@ probability flow of the *learned* model from the same `--n` prior draws:
 - every diffusers scheduler of the arena (`arena.contestants.DIFFUSERS_PEERS`, driven by `Diffusers`, the arena's
   own driver), its step count the largest whose measured NFE fits the budget;
 - the exhaustive sweep: every candidate of `autotuning.CANDIDATES` on its own grid, `calibrate_grid` at `--sweep-budget`
-  sample-evaluations each (default: its own default budget, as a user calibrating each candidate by hand would), on
-  autotune's own pilot draws; autotune's default budget is half the sweep's total.
+  sample-evaluations each (default: autotune's whole budget, per candidate), on autotune's own pilot draws, so the
+  two differ by the search alone and autotune costs a quarter of the sweep.
 
 Measured for each, on the same draws:
 
@@ -69,7 +69,6 @@ FIGURES = Path(__file__).parent / "figures"
 BUDGETS = (5, 10, 20)
 AUTOTUNE_DEFAULTS = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                      if v.default is not inspect.Parameter.empty}
-CALIBRATION_BUDGET = inspect.signature(sd.calibrate_grid).parameters["budget"].default
 
 DIGITS_CONFIG = dict(channels=16, mults=[1, 2, 2], res_blocks=1, dropout=0.1, steps=3000, batch=128, lr=1e-3,
                      warmup=200, ema=0.999, seed=0)
@@ -264,7 +263,7 @@ def contestants(case: Case, budget: int, args, probe: torch.Tensor, log: dict) -
         out.append((label.removeprefix("diffusers:"), "diffusers", f"{scheduler}, {setting.steps} steps",
                     lambda x, p=peer, s=setting: p.solve(sde, model, x, t_min, s, None), None))
     if budget in args.sweep_nfe:
-        sweep_budget = args.sweep_budget or CALIBRATION_BUDGET
+        sweep_budget = args.sweep_budget or AUTOTUNE_DEFAULTS["budget"]
         for name, options in CANDIDATES:
             engine = sd.solvers.get(name, **options)
             steps = steps_within(sde, model, engine, budget, probe[:1], t_min, sde.T)
@@ -470,7 +469,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--sweep-nfe", type=int, nargs="*", default=list(BUDGETS), help="budgets with the sweep")
     parser.add_argument("--sweep-budget", type=int, default=None, help="sample-evaluations per swept candidate "
-                        "(default: calibrate_grid's, 100 000)")
+                        "(default: autotune's whole budget)")
     parser.add_argument("--n", type=int, default=None, help="prior draws every contestant solves (default: digits "
                         "1000, toy 4000)")
     parser.add_argument("--picture", type=int, default=16, help="digits per panel of the figure, a multiple of 8 (0: no figure)")

@@ -91,8 +91,8 @@ def autotune(
     nfe: int,
     shape: Sequence[int],
     candidates: Sequence[tuple[str, dict[str, Any]]] = CANDIDATES,
-    budget: int = 200_000,
-    pilot: int = 64,
+    budget: int = 400_000,
+    pilot: int = 128,
     validation: int = 128,
     lr: float = 0.2,
     teacher_tol: float = 1e-4,
@@ -273,8 +273,8 @@ class AutoSolver:
     `sample.nfe` evaluations with these settings, then sample with what it chose. `candidates`: a list of
     [solver name, options] pairs, or None for `CANDIDATES`; `cache_dir`: None for `default_cache_dir()`."""
 
-    budget: int = 200_000
-    pilot: int = 64
+    budget: int = 400_000
+    pilot: int = 128
     validation: int = 128
     candidates: list | None = None
     cache_dir: str | None = None
