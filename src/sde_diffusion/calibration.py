@@ -18,15 +18,16 @@ fresh samples): trim 1% on 512 pilot draws, 20 switched samples, relative RMS 5.
 on 2048 draws, 3 switched, 2.2e-2 and 3.7e-3 (diffusers' DPM-Solver++(3M) on Karras sigmas: 9, 3.7e-2, 2.9e-3).
 
 Those trajectories are rare (about one in a thousand there at 20 NFE), so a pilot batch of a few thousand holds a
-handful, and the fit depends on which (the small pilot of the gradient method usually holds none: on that mixture it
-fits the bulk, not the switches; benchmarks/README.md). `stratify=n` samples them on purpose (stratified sampling, as in survey
-statistics): the pilot draws become a pool, screened by the solver's own error estimate (its output on the initial
-grid against the same with 4x the steps, no accurate solve needed); the fit uses the n/2 hardest and a uniform
-sample of n/2 of the rest, weighted by how many pool samples each stands for, so the objective still estimates the
-pool's error but with the hard trajectories all present; the held-out validation draws are a second such sample of
-the same pool, disjoint from the first (the hard stratum shared between the two at random), so the validation error
-estimates the same quantity as the pilot error and their ratio measures over-fitting alone. On that mixture at 9 steps the hard half holds 97% of the
-squared error of a 2048-draw pool and the estimate's standard error is 0.004 of a uniform pilot's of the same size
+handful, and the fit depends on which (the small pilot of the gradient method usually holds none: on that mixture
+it fits the bulk, not the switches; benchmarks/README.md). `stratify=n` samples them on purpose (stratified
+sampling, as in survey statistics): the pilot draws become a pool, screened by the solver's own error estimate (its
+output on the log-SNR grid against the same with 2x the steps for the gradient method, 4x for Powell; no accurate
+solve needed); the fit uses the n/2 hardest and a uniform sample of n/2 of the rest, weighted by how many pool
+samples each stands for, so the objective still estimates the pool's error but with the hard trajectories all
+present. The held-out validation draws are a second such sample of the same pool, disjoint from the first (the hard
+stratum shared between the two at random), so the validation error estimates the same quantity as the pilot error
+and their ratio measures over-fitting alone. On that mixture at 9 steps the hard half holds 97% of the squared
+error of a 2048-draw pool and the estimate's standard error is 0.004 of a uniform pilot's of the same size
 (tests/test_calibration.py).
 
 The grid is parameterised by its log-SNR increments, lambda_i = lambda(T) + (lambda(t_min) - lambda(T)) *
