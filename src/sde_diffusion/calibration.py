@@ -246,9 +246,10 @@ def calibrate_grid(
     is the teacher's output for the pilot batch (denoised if `denoise`); `denoise` must match how you will sample.
 
     `method="gradient"` (the default) descends on theta (Adam, step `lr`) through the differentiable solve, from the
-    best of `initial_grids` (default `GRADIENT_STARTS`; Powell: `INITIAL_GRIDS`), until the next step would take the work past `budget` sample-evaluations in all
-    (teacher, starts, steps and validation; a backward pass counts twice). Its teacher is the adaptive Dormand-Prince
-    pair in log-SNR at rtol = atol = `reference_tol` (default 1e-4), on the pilot and the validation draws at once.
+    best of `initial_grids` (default `GRADIENT_STARTS`; Powell's: `INITIAL_GRIDS`), until the next step would take
+    the work past `budget` sample-evaluations in all (teacher, starts, steps and validation; a backward pass counts
+    twice). Its teacher is the adaptive Dormand-Prince pair in log-SNR at rtol = atol = `reference_tol` (default
+    1e-4), on the pilot and the validation draws at once.
 
     `method="powell"` is the derivative-free search: one Powell search from each initial grid, of at most
     `max_evaluations` solves (default 1500), against scipy's DOP853 at `reference_tol` (default 1e-9 in float64,
@@ -258,7 +259,7 @@ def calibrate_grid(
     stratified by `stratified_pilot`, judging on `validation` more of them (the pool must hold n + validation); its
     screening evaluates each pool draw 5 * steps times (Powell: against 4x the steps) or 3 * steps times (gradient:
     2x), + 2 with `denoise`. It pays where a few trajectories carry most of the error, as at 10 NFE on the arena's
-    32-D mixture (a pool of 1000 at 1e5 halves the error there), not where the bulk does (at 20 NFE it does worse
+    32-D mixture (a pool of 1000 at 1e5 lowers the error there by a fifth), not where the bulk does (at 20 NFE it does worse
     than a plain pilot of the same cost); benchmarks/README.md, "Cheap calibration".
 
     `Calibration.cost` is the work counted by a `SampleEvaluationCounter` on the network, whichever the method.
