@@ -50,6 +50,8 @@ CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 """The default candidates: the multistep exponential integrators that led the arena at 5-50 NFE."""
 
+FIRST_ROUND = 1 / 3
+"""The share of the budget (after the teacher) that the first round splits among the candidates."""
 FINALISTS = 2
 """How many candidates the second round refines (the best by pilot error after the first)."""
 
@@ -164,7 +166,7 @@ def autotune(
                                    lambda: counter.total, counter.total + share, lr=lr)
         return fit, plan
 
-    first_share = (budget - counter.total) // (3 * len(plans))
+    first_share = int((budget - counter.total) * FIRST_ROUND) // len(plans)
     first = [descend(plan, {grid_label(g): get_grid(g)(sde, plan[3], t_min, t_max) for g in GRADIENT_STARTS},
                      first_share, lr) for plan in plans]
     table = [dict(solver=n, options=o, steps=s, pilot_error=f.error, initial_errors=f.initial_errors)
