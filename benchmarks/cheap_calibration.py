@@ -178,8 +178,8 @@ def powell_row(sde, mixture, model, sets, best_peer, budget, order):
 def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
     """autotune (its defaults, `--seeds` seeds) against the exhaustive sweep: for each seed, every candidate
     calibrated on its own by `calibrate_grid` at autotune's whole budget on that seed's autotune pilot draws (so the
-    two differ by the search alone, and autotune costs a quarter of the sweep). Fresh errors are means over the seeds; the sweep's best is the candidate of least
-    mean error."""
+    two differ by the search alone, and autotune costs a quarter of the sweep). Fresh errors are means over the
+    seeds; the sweep's best is the candidate of least mean error."""
     defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                 if v.default is not inspect.Parameter.empty}
     budget_each = defaults["budget"]
