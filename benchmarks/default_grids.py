@@ -36,18 +36,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from sde_diffusion.arena.contestants import DIFFUSERS_PEERS, Contestant, Diffusers, Ours
 from sde_diffusion.arena.problems import PROBLEMS, SDES, get_problem
 from sde_diffusion.arena.run import ArenaConfig, Case, run_setting
+from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW
 from sde_diffusion.solvers.grids import LogSNRGrid, PowerGrid, QuadraticGrid, TimeGrid, UniformGrid
 
 BUDGETS = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
-SOLVERS: list[tuple[str, str, dict]] = [  # (label, registered name, options)
+MULTISTEP: list[tuple[str, str, dict]] = [  # (label, registered name, options)
     ("unipc", "unipc", {}),
     ("unipc(order=3)", "unipc", {"order": 3}),
     ("dpm_solver_pp_2m", "dpm_solver_pp_2m", {}),
     ("dpm_solver_pp_3m", "dpm_solver_pp_3m", {}),
+]
+SOLVERS: list[tuple[str, str, dict]] = [
+    *MULTISTEP,
+    *[(f"{label[:-1]}, count_denoise=True)" if "(" in label else f"{label}(count_denoise=True)", name,
+       {**options, "count_denoise": True}) for label, name, options in MULTISTEP],
     ("ddim", "ddim", {}),
     ("heun", "heun", {}),
     ("euler", "euler", {}),
 ]
+"""Our deterministic fixed-step solvers, and the multistep ones with `count_denoise` (which acts only on grids of
+fewer than `LOWER_ORDER_FINAL_BELOW` steps, so those rows are measured only there)."""
 KAPPAS = (1 / 3, 1 / 5, 1 / 7, 1 / 10, 1 / 20, -1 / 20, -1 / 10, -1 / 5)
 
 
@@ -81,6 +89,8 @@ def measure(problem: str, sde: str, seeds: list[int], samples: int, budgets, gri
         if label not in plans:  # the cost per step does not depend on the grid
             plans[label] = c.plan(case.sde, case.model, case.seeds[0].x_T[:2], case.t_min, budgets, config.tolerances)
         for setting in plans[label]:
+            if getattr(c, "options", {}).get("count_denoise") and setting.steps >= LOWER_ORDER_FINAL_BELOW:
+                continue  # the same solve as the row without it
             for state in case.seeds:
                 try:
                     record = run_setting(case, c, setting, state)[0]
@@ -229,6 +239,7 @@ def main(argv=None) -> None:
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS))
     parser.add_argument("--sdes", nargs="+", default=list(SDES))
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--grids", nargs="+", default=None, help=f"with --phase select: the candidates to measure (default all: {', '.join(candidate_grids())})")
     parser.add_argument("--samples", type=int, default=512, help="draws per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="arena seeds of the draws (default: 1000 1001 to select, 2000 2001 held out)")
@@ -247,7 +258,13 @@ def main(argv=None) -> None:
     path = out / f"{phase}.csv"
     if args.phase != "report":
         seeds = args.seeds or ([1000, 1001] if args.phase == "select" else [2000, 2001])
-        grids: dict[str, TimeGrid | None] = dict(candidate_grids()) if args.phase == "select" else {"default": None, "log_snr": LogSNRGrid()}
+        grids: dict[str, TimeGrid | None] = {"default": None, "log_snr": LogSNRGrid()}
+        if args.phase == "select":
+            candidates = candidate_grids()
+            unknown = set(args.grids or ()) - set(candidates)
+            if unknown:
+                parser.error(f"unknown grids {sorted(unknown)}; choose from {', '.join(candidates)}")
+            grids = {name: grid for name, grid in candidates.items() if args.grids is None or name in args.grids}
         wall, cpu = time.perf_counter(), time.process_time()
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["problem", "sde", "label", "grid", "budget", "steps", "seed", "nfe", "traj_err", "traj_err_median"])

@@ -74,6 +74,33 @@ def test_dpm_solver_pp_2m_reproduces_diffusers(unet, schedule):
     assert_same(ours.x, theirs)
 
 
+FEW_STEP_PEERS = [
+    ("dpm_solver_pp_2m", {}, "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    ("unipc", {}, "UniPCMultistepScheduler", {"solver_order": 2}),
+    ("unipc", {"order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}),
+]
+
+
+@pytest.mark.parametrize("name,options,scheduler_name,config", FEW_STEP_PEERS, ids=[f"{n}{o}" for n, o, _, _ in FEW_STEP_PEERS])
+@pytest.mark.parametrize("steps", [4, 6, 10])
+def test_count_denoise_reproduces_diffusers_under_15_steps(unet, name, options, scheduler_name, config, steps):
+    """Under 15 steps diffusers' `lower_order_final` counts its step to sigma = 0 (Tweedie's x0) as the first-order
+    final step; `count_denoise=True` does the same with `denoise=True`, so the two agree at every step count, and the
+    default (the last step on the grid first order as well) does not. (DPM-Solver++(3M) is left out: its third-order
+    update is not diffusers' by design, see `exponential.data_multistep_update`.)"""
+    scheduler = getattr(diffusers, scheduler_name)(beta_schedule="scaled_linear", **config)
+    scheduler.set_timesteps(steps)
+    theirs = run_scheduler(unet, scheduler, x_T())
+    sde, model = sd.adapters.from_diffusers(unet, scheduler)
+    grid = sde.time_of_timestep(scheduler.timesteps.to(F64))
+    with torch.no_grad():
+        ours = sd.sample(sde, model, name, x_T=x_T(), grid=grid, denoise=True, count_denoise=True, **options)
+        default = sd.sample(sde, model, name, x_T=x_T(), grid=grid, denoise=True, **options)
+    assert ours.nfe == default.nfe == steps
+    assert_same(ours.x, theirs)
+    assert float((default.x - theirs).abs().max() / theirs.abs().max()) > 5 * 2e-6  # beyond assert_same's rounding
+
+
 def test_euler_on_rectified_flow_reproduces_flow_match_euler(unet):
     """FlowMatchEulerDiscreteScheduler (shift 3) = our euler on RectifiedFlowSDE(shift=3), on its sigmas, then Tweedie's
     x0 at the last one (its Euler step to sigma = 0 is exactly that). Its first step starts at sigma = 1, where alpha

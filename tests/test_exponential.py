@@ -280,6 +280,24 @@ def test_lower_order_final_makes_the_last_step_first_order_below_15_steps(name, 
     assert torch.equal(long[0], long[1])
 
 
+@pytest.mark.parametrize("name,options", MULTISTEP, ids=[f"{n}{o}" for n, o in MULTISTEP])
+def test_count_denoise_lets_the_denoising_evaluation_be_the_first_order_last_step(name, options):
+    """With `count_denoise` and `denoise=True`, step i of N runs at order min(order, N + 1 - i): on 8 steps the last
+    step on the grid keeps order 2 (for order 2, the same solve as `lower_order_final=False`); without `denoise` the
+    option changes nothing."""
+    sde, model, x_T, t_min, _, _ = problem("vp", "mixture")
+    times = sd.solvers.get_grid("log_snr")(sde, 8, t_min)
+    counted = sd.sample(sde, model, name, x_T=x_T, grid=times, denoise=True, count_denoise=True, **options)
+    default = sd.sample(sde, model, name, x_T=x_T, grid=times, denoise=True, **options)
+    assert counted.nfe == default.nfe == 9
+    assert rms(counted.x, default.x) > 1e-5
+    if sd.solvers.get(name, **options).order == 2:
+        full = sd.sample(sde, model, name, x_T=x_T, grid=times, denoise=True, lower_order_final=False, **options)
+        assert torch.equal(counted.x, full.x)
+    plain = [sd.sample(sde, model, name, x_T=x_T, grid=times, count_denoise=flag, **options).x for flag in (True, False)]
+    assert torch.equal(plain[0], plain[1])
+
+
 def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step():
     sde, model, x_T, _t_min, _, _ = problem("vp", "mixture")
     runs = [sd.sample(sde, model, "unipc", order=3, x_T=x_T, steps=8, keep_trajectory=True, lower_order_final=f) for f in (True, False)]
@@ -314,6 +332,7 @@ def test_denoise_returns_tweedie_at_t_min_for_one_more_evaluation(name, options)
         ("unipc", {"order": 4}, "order must be 1, 2 or 3"),
         ("unipc", {"predict_x0": "yes"}, "predict_x0 must be True or False"),
         ("dpm_solver_pp_3m", {"lower_order_final": 1}, "lower_order_final must be True or False"),
+        ("unipc", {"count_denoise": "yes"}, "count_denoise must be True or False"),
         ("dpm_solver_3", {"denoise_to_zero": True}, "'denoise_to_zero' was removed"),
         ("adaptive_sde", {"denoise": True}, "'denoise' was removed"),
         ("sde_dpm_solver_pp_2m", {"solver_type": "rk4"}, "unknown solver_type"),

@@ -13,6 +13,7 @@ from .sde import SDE, LinearSDE
 from .solvers import NonFiniteError, SampleResult, Solver, get, get_grid, integrate
 from .solvers.control import AdaptiveController
 from .solvers.grids import GivenGrid, TimeGrid
+from .solvers.problems import DiffusionProblem
 from .validation import ArgumentTypeError, flag
 
 
@@ -99,6 +100,8 @@ def sample(
     if denoise and not isinstance(sde, LinearSDE):
         raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses alpha and sigma)")
     problem = solver.problem(sde, model)
+    if isinstance(problem, DiffusionProblem):
+        problem.denoise = denoise
     if (shape is None) == (x_T is None):
         raise ValueError("give exactly one of shape (to draw x_T from the prior) or x_T")
     if shape is not None and not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 1 and all(

@@ -29,6 +29,14 @@ Conventions shared by every solver in this module (and `unipc`):
   drop to order `min(order, steps left)`, so the final step is first order. This is the threshold of diffusers and
   of the DPM-Solver++ docstring (its code uses 10); it stabilises very short runs, and leaving longer runs alone
   keeps the asymptotic order of 3M/UniPC (a first-order last step has local error O(h^2)).
+- `count_denoise` (multistep solvers, default False): under `sample(..., denoise=True)`, let `lower_order_final`
+  count the denoising evaluation as the final first-order step (Tweedie's x0 is the first-order data-prediction
+  update from t_min to t = 0), so the steps on the grid keep one order more: step i of N runs at order
+  min(order, N + 1 - i). This is what diffusers' schedulers do (their final step to sigma = 0 is the denoising
+  one): UniPC with it on the EDM grid reproduces diffusers' UniPC on Karras sigmas. It is not the default because
+  it is not better across problems: it wins at 4-5 steps on the arena's 8-D Gaussian (UniPC 0.95x the best
+  diffusers scheduler against 5.2x) and loses at 4-7 steps on the 2-D ring (benchmarks/README.md, "Default grids
+  against diffusers").
 - the last step: the grid always ends at t_min > 0, where lambda is finite; `sample(..., denoise=True)` then returns
   Tweedie's E[x_0 | x_{t_min}] = x0(x, t_min), one more evaluation, counted (Lu et al.'s `denoise_to_zero`).
   k-diffusion and diffusers (`final_sigmas_type="zero"`) instead make the last step jump to sigma = 0, which
@@ -312,8 +320,10 @@ class DPMSolverPP2S(ExponentialSolver):
 
 @dataclass
 class MultistepState(GridState):
-    """The past log-SNRs and model predictions (newest last), and UniPC's corrector evaluation at the current point."""
+    """The past log-SNRs and model predictions (newest last), UniPC's corrector evaluation at the current point, and
+    whether `lower_order_final` counts a denoising evaluation after the last step (`count_denoise`)."""
 
+    then_denoise: bool = False
     lams: list[torch.Tensor] = field(default_factory=list)
     predictions: list[torch.Tensor] = field(default_factory=list)
     corrector_prediction: torch.Tensor | None = None
@@ -323,23 +333,25 @@ class MultistepSolver(ExponentialSolver):
     """A multistep solver: one evaluation per step, the previous ones kept in its `MultistepState`.
 
     The first steps have too little history and run at order 1, 2, ... (Lu et al. 2022b, Alg. 2). With
-    `lower_order_final` and a grid of fewer than 15 steps, step i of N runs at order min(order, N - i).
+    `lower_order_final` and a grid of fewer than 15 steps, step i of N runs at order min(order, N - i); with
+    `count_denoise` too, and a solve that ends with the denoising evaluation, min(order, N + 1 - i).
     """
 
     max_order: ClassVar[int] = 3
     order: int  # an integer: it counts the history
 
-    def __init__(self, lower_order_final: bool = True):
+    def __init__(self, lower_order_final: bool = True, count_denoise: bool = False):
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
+        self.count_denoise = check_bool("count_denoise", count_denoise)
 
     def init(self, problem, x, times):
-        return MultistepState(times)
+        return MultistepState(times, then_denoise=self.count_denoise and problem.denoise)
 
     def step_order(self, state: MultistepState, available: int) -> int:
         """The order this step can run at: limited by the history and, near the end, by `lower_order_final`."""
         order = min(self.order, available)
         if self.lower_order_final and state.n_steps < LOWER_ORDER_FINAL_BELOW:
-            order = min(order, state.n_steps - state.index)
+            order = min(order, state.n_steps - state.index + state.then_denoise)
         return order
 
     @staticmethod
@@ -424,8 +436,9 @@ class SDEDPMSolverPP2M(MultistepSolver):
     default_steps = 50  # whitened covariance bias on Gaussian data (VP): 0.067 at 20 steps, 0.014 at 50, 0.006 at 100
     SOLVER_TYPES = ("midpoint", "heun")
 
-    def __init__(self, eta: float = 1.0, solver_type: str = "midpoint", lower_order_final: bool = True):
-        super().__init__(lower_order_final)
+    def __init__(self, eta: float = 1.0, solver_type: str = "midpoint", lower_order_final: bool = True,
+                 count_denoise: bool = False):
+        super().__init__(lower_order_final, count_denoise)
         if not (isinstance(eta, (int, float)) and eta >= 0 and math.isfinite(eta)):
             raise ValueError(f"eta must be a finite number >= 0 (1: the reverse SDE, 0: the ODE); got {eta!r}")
         if solver_type not in self.SOLVER_TYPES:

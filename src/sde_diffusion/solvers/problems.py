@@ -46,6 +46,8 @@ class Term(Protocol):
 class DiffusionProblem:
     """A `LinearSDE` with a `ScoreModel`: what the solvers that read alpha, sigma, log-SNR and the model's
     predictions need. `reverse_sde` and `probability_flow` are the terms with the same score, built once.
+    `denoise` is True when the solve ends with Tweedie's denoising evaluation at its last time (`sample(...,
+    denoise=True)` sets it), which a multistep solver with `count_denoise` counts as its final, first-order step.
     """
 
     def __init__(self, sde: SDE, score: ScoreModel, solver: str = "this solver", chart: Chart | None = None):
@@ -58,6 +60,7 @@ class DiffusionProblem:
         if score.sde is not sde:
             raise ValueError(f"the score model was built for {score.sde!r}, not for {sde!r}")
         self.sde, self.score, self.chart = sde, score, chart or IDENTITY
+        self.denoise = False
         self.reverse_sde = ReverseSDE(sde, score)
         self.probability_flow = self.reverse_sde.probability_flow()
 

@@ -41,7 +41,7 @@ class UniPC(MultistepSolver):
     O(h^3) local errors with small constants: the observed slope lies between 3 and 4 (3.4-3.7 in
     tests/test_exponential.py). `corrector=False` gives the bare UniP-`order` predictor (order `order`).
     `predict_x0` (default True) integrates the data prediction, False the noise prediction.
-    `lower_order_final` as in `exponential`. Defaults: order 2, bh2 (diffusers' defaults;
+    `lower_order_final` and `count_denoise` as in `exponential`. Defaults: order 2, bh2 (diffusers' defaults;
     bh2 is the paper's advice for more than ~10 steps, bh1 for fewer).
     """
 
@@ -55,8 +55,9 @@ class UniPC(MultistepSolver):
         predict_x0: bool = True,
         corrector: bool = True,
         lower_order_final: bool = True,
+        count_denoise: bool = False,
     ):
-        super().__init__(lower_order_final)
+        super().__init__(lower_order_final, count_denoise)
         if order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3; got {order!r}")
         if variant not in self.VARIANTS:
