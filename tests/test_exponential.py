@@ -45,7 +45,8 @@ def problem(sde_name: str, data_name: str):
 def slope(solver: str, options: dict, sde_name: str, data_name: str) -> float:
     sde, model, x_T, t_min, ref, span = problem(sde_name, data_name)
     steps = [math.ceil(span / h) for h in H_LAMBDA]
-    errors = [rms(sd.sample(sde, model, solver, x_T=x_T, steps=n, t_min=t_min, **options).x, ref) for n in steps]
+    # h is the step in lambda: the order is measured on the uniform log-SNR grid, whatever a solver's default
+    errors = [rms(sd.sample(sde, model, solver, x_T=x_T, steps=n, grid="log_snr", t_min=t_min, **options).x, ref) for n in steps]
     return observed_order([span / n for n in steps], errors)
 
 
@@ -195,8 +196,8 @@ def test_sde_dpm_solver_pp_2m_gaussian_moments(sde_name, solver_type):
 
 def test_sde_dpm_solver_pp_2m_with_eta_zero_is_dpm_solver_pp_2m():
     sde, model, x_T, _t_min, _, _ = problem("vp", "mixture")
-    a = sd.sample(sde, model, "sde_dpm_solver_pp_2m", eta=0.0, x_T=x_T, steps=20).x
-    b = sd.sample(sde, model, "dpm_solver_pp_2m", x_T=x_T, steps=20).x
+    a = sd.sample(sde, model, "sde_dpm_solver_pp_2m", eta=0.0, x_T=x_T, steps=20, grid="log_snr").x
+    b = sd.sample(sde, model, "dpm_solver_pp_2m", x_T=x_T, steps=20, grid="log_snr").x  # the same grid: defaults differ
     assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
@@ -231,8 +232,8 @@ def test_unip_2_predictor_is_dpm_solver_pp_2m_and_unip_3_is_3m():
     """UniPC's general coefficients (R rho = b) reproduce the multistep DPM-Solver++ updates: a cross-check of both."""
     sde, model, x_T, _t_min, _, _ = problem("ve", "mixture")
     for order, other in ((2, "dpm_solver_pp_2m"), (3, "dpm_solver_pp_3m")):
-        a = sd.sample(sde, model, "unipc", order=order, corrector=False, x_T=x_T, steps=10).x
-        b = sd.sample(sde, model, other, x_T=x_T, steps=10).x
+        a = sd.sample(sde, model, "unipc", order=order, corrector=False, x_T=x_T, steps=10, grid="log_snr").x
+        b = sd.sample(sde, model, other, x_T=x_T, steps=10, grid="log_snr").x  # the same grid: defaults differ
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -296,6 +297,20 @@ def test_count_denoise_lets_the_denoising_evaluation_be_the_first_order_last_ste
         assert torch.equal(counted.x, full.x)
     plain = [sd.sample(sde, model, name, x_T=x_T, grid=times, count_denoise=flag, **options).x for flag in (True, False)]
     assert torch.equal(plain[0], plain[1])
+
+
+@pytest.mark.parametrize("steps", [4, 12, 30, 45])
+def test_default_grids_are_the_measured_rules_by_step_count(steps):
+    """`sample` without a grid uses each multistep solver's rule for that step count (`exponential`'s constants)."""
+    from sde_diffusion.solvers.exponential import DPM_SOLVER_PP_2M_GRID, DPM_SOLVER_PP_3M_GRID, UNIPC_GRIDS
+
+    sde, model, x_T, t_min, _, _ = problem("vp", "mixture")
+    for name, options, rule in [("dpm_solver_pp_2m", {}, DPM_SOLVER_PP_2M_GRID), ("dpm_solver_pp_3m", {}, DPM_SOLVER_PP_3M_GRID),
+                                ("unipc", {}, UNIPC_GRIDS[2]), ("unipc", {"order": 3}, UNIPC_GRIDS[3])]:
+        result = sd.sample(sde, model, name, x_T=x_T[:2], steps=steps, t_min=t_min, **options)
+        assert torch.equal(result.times, rule(sde, steps, t_min).to(result.times.dtype))
+    assert isinstance(UNIPC_GRIDS[2].grid_for(sde, 23), sd.solvers.grids.PowerGrid)
+    assert UNIPC_GRIDS[2].grid_for(sde, 23).kappa == -0.1 and UNIPC_GRIDS[2].grid_for(sde, 24).kappa == 0.05
 
 
 def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step():

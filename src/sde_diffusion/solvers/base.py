@@ -32,6 +32,7 @@ from ..noise import SeededNoise
 from ..reverse import ReverseSDE
 from ..score import ScoreModel
 from ..sde import SDE
+from .grids import TimeGrid
 from .loop import NonFiniteError, SampleResult, check_finite, integrate  # noqa: F401  (the loop's names, re-exported)
 from .problems import DiffusionProblem, Term
 
@@ -122,7 +123,7 @@ class Solver:
     stochastic: ClassVar[bool] = False
     adaptive: ClassVar[bool] = False
     needs: ClassVar[type] = Term
-    default_grid: ClassVar[str | None] = None  # None: the SDE's own default_grid
+    default_grid: ClassVar[str | TimeGrid | None] = None  # None: the SDE's own default_grid
     default_steps: ClassVar[int] = 100
     # False when a step couples the samples of a batch beyond a per-sample controller (one system for the batch,
     # or a state that cannot follow single samples): `sample(..., seeds=...)` then solves each sample alone.

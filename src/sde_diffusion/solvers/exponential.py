@@ -21,7 +21,8 @@ where ^(k) is the k-th lambda-derivative. Every coefficient comes from `LinearSD
 Conventions shared by every solver in this module (and `unipc`):
 
 - default grid `log_snr` (uniform steps in lambda, as DPM-Solver's analysis assumes) and 20 steps (DDIM and
-  SDE-DPM-Solver++: 50). In benchmarks/exponential_orders.py the log-SNR grid beats the EDM (rho = 7) grid on the
+  SDE-DPM-Solver++: 50); DPM-Solver++(2M), (3M) and UniPC default to measured rules by step count that stay near it
+  (`DPM_SOLVER_PP_2M_GRID`, `DPM_SOLVER_PP_3M_GRID`, `UNIPC_GRIDS`). In benchmarks/exponential_orders.py the log-SNR grid beats the EDM (rho = 7) grid on the
   2-D ring under both the EDM and VP SDEs (by up to 3x at 20-50 NFE), the EDM grid wins on the 32-D mixture
   (by 1.2-1.6x at 50 NFE), and uniform-in-t loses everywhere (by orders of magnitude under the EDM SDE);
 - one network evaluation per multistep step, `order` per singlestep step, all counted by the `ScoreModel` wrapper;
@@ -34,9 +35,9 @@ Conventions shared by every solver in this module (and `unipc`):
   update from t_min to t = 0), so the steps on the grid keep one order more: step i of N runs at order
   min(order, N + 1 - i). This is what diffusers' schedulers do (their final step to sigma = 0 is the denoising
   one): UniPC with it on the EDM grid reproduces diffusers' UniPC on Karras sigmas. It is not the default because
-  it is not better across problems: it wins at 4-5 steps on the arena's 8-D Gaussian (UniPC 0.95x the best
-  diffusers scheduler against 5.2x) and loses at 4-7 steps on the 2-D ring (benchmarks/README.md, "Default grids
-  against diffusers").
+  it is not better across problems: on the arena's held-out draws it lowers every multistep solver's geometric-mean
+  error at some budgets under 15 steps and raises it at others (benchmarks/README.md, "Default grids against
+  diffusers"). Where the denoising evaluation is not taken it changes nothing.
 - the last step: the grid always ends at t_min > 0, where lambda is finite; `sample(..., denoise=True)` then returns
   Tweedie's E[x_0 | x_{t_min}] = x0(x, t_min), one more evaluation, counted (Lu et al.'s `denoise_to_zero`).
   k-diffusion and diffusers (`final_sigmas_type="zero"`) instead make the last step jump to sigma = 0, which
@@ -55,10 +56,26 @@ from ..score import ScoreModel, eps_and_x0
 from ..sde import LinearSDE
 from .base import GridState, Solver, SolverState, check_bool, gaussian_noise
 from .control import AdaptiveController
+from .grids import PiecewiseGrid, PowerGrid, TimeGrid
 from .problems import DiffusionProblem, LogSNRChart
 
 LOWER_ORDER_FINAL_BELOW = 15
 """`lower_order_final` acts only on grids with fewer steps than this (diffusers' convention)."""
+
+# The default grids of the multistep solvers by step count (`PiecewiseGrid`, pieces by first step count), from
+# `benchmarks/default_grids.py --phase select` (the 15 arena cases x 11 budgets from 5 to 50 NFE, 2 seeds x 512
+# draws): per solver, the rule of at most two pieces with the least geometric mean, over cases and budgets, of the RMS
+# trajectory error relative to the best diffusers scheduler. All lie near the log-SNR grid (kappa = 0), the Karras
+# grid (kappa = 1/7) nowhere; kappa < 0 is denser at low noise. Held-out check: benchmarks/README.md ("Default grids
+# against diffusers").
+DPM_SOLVER_PP_2M_GRID = PiecewiseGrid([(1, "log_snr"), (9, PowerGrid(-0.1))])
+DPM_SOLVER_PP_3M_GRID = PiecewiseGrid([(1, PowerGrid(-0.1)), (19, PowerGrid(0.05))])
+UNIPC_GRIDS: dict[int, str | TimeGrid] = {
+    1: "log_snr",
+    2: PiecewiseGrid([(1, PowerGrid(-0.1)), (24, PowerGrid(0.05))]),
+    3: PiecewiseGrid([(1, "log_snr"), (39, PowerGrid(-0.05))]),
+}
+"""UniPC's default grid by its predictor order (order 1 was not measured and keeps the log-SNR grid)."""
 
 _FACTORIALS = [math.factorial(k) for k in range(20)]
 
@@ -192,7 +209,7 @@ class ExponentialSolver(Solver):
     """
 
     needs = DiffusionProblem
-    default_grid: ClassVar[str] = "log_snr"
+    default_grid: ClassVar[str | TimeGrid] = "log_snr"
     default_steps: ClassVar[int] = 20
     fractions: ClassVar[tuple[float, ...]] = ()
 
@@ -400,6 +417,7 @@ class DPMSolverPP2M(MultistepSolver):
 
     name = "dpm_solver_pp_2m"
     order = 2
+    default_grid = DPM_SOLVER_PP_2M_GRID
 
     def step(self, problem, x, t, t_next, state, generator):
         s, t = self.points(problem, t, t_next)
@@ -415,6 +433,7 @@ class DPMSolverPP3M(DPMSolverPP2M):
 
     name = "dpm_solver_pp_3m"
     order = 3
+    default_grid = DPM_SOLVER_PP_3M_GRID
 
 
 class SDEDPMSolverPP2M(MultistepSolver):

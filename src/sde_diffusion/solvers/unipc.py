@@ -22,7 +22,8 @@ import math
 import torch
 
 from .base import check_bool
-from .exponential import MultistepSolver, data_first_order, noise_first_order, phi, predict
+from .exponential import UNIPC_GRIDS, MultistepSolver, data_first_order, noise_first_order, phi, predict
+from .grids import TimeGrid
 
 
 def unipc_coefficients(rks: list[torch.Tensor], hh: torch.Tensor, B_h: torch.Tensor):
@@ -47,6 +48,11 @@ class UniPC(MultistepSolver):
 
     name = "unipc"
     VARIANTS = ("bh1", "bh2")
+
+    @property
+    def default_grid(self) -> str | TimeGrid:  # type: ignore[override]  # a read-only flag (see Solver)
+        """The grid rule measured for this predictor order (`exponential.UNIPC_GRIDS`)."""
+        return UNIPC_GRIDS[self.order]
 
     def __init__(
         self,
