@@ -189,9 +189,49 @@ def rules(table, metric: str) -> None:
         print(f"| {label} | " + ", ".join(f"{first}: {g}" for first, g in pieces) + f" | {math.exp(mean_log):.2f} |")
 
 
+def plain(label: str) -> bool:
+    """A solver with its default options (the arena's rows), not a `count_denoise` variant."""
+    return "count_denoise" not in label
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def at_or_below(table, grid: str, labels, budgets, cases) -> int:
+    """How many (case, budget) cells the best of `labels` on `grid` is at or below the best peer by RMS."""
+    return sum(min(table[(p, s, lab, grid, b)]["rms"] for lab in labels if (p, s, lab, grid, b) in table)
+               <= best_peer(table, p, s, b, "rms")[1] for p, s in cases for b in budgets)
+
+
+def per_solver(table, grid: str, baseline: str) -> None:
+    """Per solver (what a user of that one solver gets): the geometric mean over cases and budgets of its RMS ratio to
+    the best peer, and the cells where it is at or below that peer, on `grid` and on `baseline`; then the best of our
+    solvers' cell counts, with and without the `count_denoise` rows."""
+    labels = list(dict.fromkeys(k[2] for k in table if k[3] != "peer"))
+    budgets = sorted({k[4] for k in table})
+    cases = sorted({k[:2] for k in table})
+    print(f"\nPer solver: geometric mean of the RMS ratio to the best peer over cases and budgets (cells at or below it) "
+          f"on {grid!r} and on {baseline!r}:\n")
+    print(f"| solver | {grid} | {baseline} |")
+    print("|---|---|---|")
+    for lab in labels:
+        cells = []
+        for g in (grid, baseline):
+            rs = [table[(p, s, lab, g, b)]["rms"] / best_peer(table, p, s, b, "rms")[1] for p, s in cases for b in budgets
+                  if (p, s, lab, g, b) in table]
+            cells.append(f"{geometric_mean(rs):.2f} ({sum(r <= 1 for r in rs)} / {len(rs)})")
+        print(f"| {lab} | " + " | ".join(cells) + " |")
+    n = len(cases) * len(budgets)
+    for rows, name in ((list(filter(plain, labels)), "our solvers with their default options"), (labels, "our solvers with the count_denoise rows too")):
+        print(f"\nBest of {name}: at or below the best peer in {at_or_below(table, grid, rows, budgets, cases)} / {n} "
+              f"cells on {grid!r}, {at_or_below(table, baseline, rows, budgets, cases)} / {n} on {baseline!r}")
+
+
 def compare(table, grid: str, baseline: str | None) -> None:
-    """Per case and budget: the best of ours on `grid` against the best peer, RMS and median."""
-    ours = sorted({k[2] for k in table if k[3] != "peer"})
+    """Per case and budget: the best of ours (default options) on `grid` against the best peer, RMS and median."""
+    ours = sorted({k[2] for k in table if k[3] != "peer" and plain(k[2])})
     budgets = sorted({k[4] for k in table})
     cases = sorted({k[:2] for k in table}, key=lambda c: (list(PROBLEMS).index(c[0]), list(SDES).index(c[1])))
     for metric in ("rms", "median"):
@@ -282,6 +322,7 @@ def main(argv=None) -> None:
         compare(table, "log_snr", None)
     else:
         compare(table, "default", "log_snr")
+        per_solver(table, "default", "log_snr")
 
 
 if __name__ == "__main__":
