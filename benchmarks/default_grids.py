@@ -155,38 +155,68 @@ def choose(table, metric: str) -> None:
                   f"{scored[1][1]} ({scored[1][0]:.2f}) | {named.get('log_snr', math.nan):.2f} | {named.get('power(+0.143)', math.nan):.2f} |")
 
 
-def piecewise_rule(table, label: str, metric: str, max_pieces: int = 3) -> tuple[list[tuple[int, str]], float]:
-    """The rule "grid by step count" for one solver: the budgets split into at most `max_pieces` runs of consecutive
-    budgets, each run on one grid, minimising the sum over budgets of log(worst ratio over the cases); returns the
-    pieces as (first step count, grid) and the mean of log(worst ratio). Fewer pieces than per-budget choices, so
-    that the rule follows the trend and not one budget's draws."""
-    grids = sorted({k[3] for k in table if k[2] == label})
-    budgets = sorted({k[4] for k in table if k[2] == label})
-    cost = {(g, b): math.log(score(rs, metric)) for g in grids for b in budgets if (rs := ratios(table, label, g, b))}
-    steps = {b: int(v["steps"]) for k, v in table.items() if k[2] == label for b in [k[4]]}
+def case_mean_log_ratio(table, label: str, grid: str, budget: int) -> float | None:
+    """The mean over the cases of log(RMS / the best peer's RMS) of `label` on `grid` at `budget` (the log of the
+    geometric mean); None where `label` has no row there (no step count fits, or a `count_denoise` row above
+    `LOWER_ORDER_FINAL_BELOW` steps, which is the plain solver's)."""
+    cases = sorted({k[:2] for k in table})
+    logs = []
+    for p, s in cases:
+        row = table.get((p, s, label, grid, budget))
+        if row is None and not plain(label):
+            row = table.get((p, s, label.replace(", count_denoise=True)", ")").replace("(count_denoise=True)", ""), grid, budget))
+        if row is None:
+            return None
+        logs.append(math.log(max(row["rms"], 1e-300) / best_peer(table, p, s, budget, "rms")[1]))
+    return sum(logs) / len(logs)
+
+
+def piecewise_rule(table, label: str, grids, max_pieces: int = 2, min_budgets: int = 2) -> tuple[list[tuple[int, str]], float]:
+    """The rule "grid by step count" for one solver: the budgets split into at most `max_pieces` runs of at least
+    `min_budgets` consecutive budgets, each run on one of `grids`, minimising the mean over budgets of
+    `case_mean_log_ratio`; returns the pieces as (first step count, grid) and the geometric mean of the ratio. Few,
+    wide pieces, so that the rule follows the trend and not one budget's draws."""
+    budgets = sorted({k[4] for k in table if k[2] == label or k[2] == label.replace(", count_denoise=True)", ")").replace("(count_denoise=True)", "")})
+    cost = {(g, b): case_mean_log_ratio(table, label, g, b) for g in grids for b in budgets}
+    budgets = [b for b in budgets if any(cost[(g, b)] is not None for g in grids)]
+    steps = {k[4]: int(v["steps"]) for k, v in table.items() if k[2] == label}
     best: tuple[float, list[tuple[int, str]]] = (math.inf, [])
     for n in range(max_pieces):
         for cuts in itertools.combinations(range(1, len(budgets)), n):
             bounds = [0, *cuts, len(budgets)]
+            if any(hi - lo < min_budgets for lo, hi in itertools.pairwise(bounds)):
+                continue
             total, pieces = 0.0, []
             for lo, hi in itertools.pairwise(bounds):
                 run = budgets[lo:hi]
-                c, g = min((sum(cost.get((g, b), math.inf) for b in run), g) for g in grids)
+                c, g = min((sum(math.inf if cost[(g, b)] is None else cost[(g, b)] for b in run), g) for g in grids)
                 total += c
-                pieces.append((steps[run[0]], g))
+                pieces.append((steps.get(run[0], run[0] - 1), g))
             if total < best[0] - 1e-9:
                 best = (total, pieces)
-    return best[1], best[0] / len(budgets)
+    return best[1], math.exp(best[0] / max(len(budgets), 1))
 
 
-def rules(table, metric: str) -> None:
+def nonnegative(grid: str) -> bool:
+    """A candidate with kappa >= 0 (log-SNR, the EDM family, quadratic), not one denser at low noise."""
+    return not grid.startswith("power(-")
+
+
+def rules(table) -> None:
+    """Per solver (its `count_denoise` row separately): the rule of at most two pieces over the candidates with
+    kappa >= 0, which the library's defaults take (`solvers/exponential.py`), and over every candidate."""
     labels = list(dict.fromkeys(k[2] for k in table if k[3] != "peer"))
-    print(f"\nPiecewise rules (at most 3 pieces; first step count: grid), by the mean over budgets of log worst ratio ({metric}):\n")
-    print("| solver | rule | geometric mean of the worst ratio |")
-    print("|---|---|---|")
+    grids = sorted({k[3] for k in table if k[3] != "peer"})
+    print("\nRules by step count (at most 2 pieces of at least 2 budgets; first step count: grid), by the geometric mean "
+          "over cases and budgets of the RMS ratio to the best peer:\n")
+    print("| solver | rule, kappa >= 0 | its geometric mean | rule, any candidate | its geometric mean |")
+    print("|---|---|---|---|---|")
     for label in labels:
-        pieces, mean_log = piecewise_rule(table, label, metric)
-        print(f"| {label} | " + ", ".join(f"{first}: {g}" for first, g in pieces) + f" | {math.exp(mean_log):.2f} |")
+        cells = []
+        for candidates in (list(filter(nonnegative, grids)), grids):
+            pieces, mean = piecewise_rule(table, label, candidates)
+            cells += [", ".join(f"{first}: {g}" for first, g in pieces), f"{mean:.3f}"]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def plain(label: str) -> bool:
@@ -318,7 +348,7 @@ def main(argv=None) -> None:
     table = load(path)
     if phase == "select":
         choose(table, args.metric)
-        rules(table, args.metric)
+        rules(table)
         compare(table, "log_snr", None)
     else:
         compare(table, "default", "log_snr")

@@ -13,6 +13,7 @@ probability flow of the *learned* model from the same `--n` prior draws:
   sample-evaluations and validation error are reported);
 - every diffusers scheduler of the arena (`arena.contestants.DIFFUSERS_PEERS`, driven by `Diffusers`, the arena's
   own driver), its step count the largest whose measured NFE fits the budget;
+- every candidate of `autotuning.CANDIDATES` without calibration, on its default grid and on the log-SNR grid;
 - the exhaustive sweep: every candidate of `autotuning.CANDIDATES` on its own grid, `calibrate_grid` at `--sweep-budget`
   sample-evaluations each (default: autotune's whole budget, per candidate), on autotune's own pilot draws, so the
   two differ by the search alone and autotune costs a quarter of the sweep.
@@ -262,6 +263,14 @@ def contestants(case: Case, budget: int, args, probe: torch.Tensor, log: dict) -
         setting = plans[0]
         out.append((label.removeprefix("diffusers:"), "diffusers", f"{scheduler}, {setting.steps} steps",
                     lambda x, p=peer, s=setting: p.solve(sde, model, x, t_min, s, None), None))
+    for name, options in CANDIDATES:  # no calibration: the grid a user gets by default, and the log-SNR grid
+        engine = sd.solvers.get(name, **options)
+        steps = steps_within(sde, model, engine, budget, probe[:1], t_min, sde.T)
+        for grid, where in ((None, "default"), ("log_snr", "log-SNR")):
+            if steps is not None:
+                out.append((f"{name}{options or ''}@{where}", "fixed", f"{steps} steps, {where} grid",
+                            lambda x, n=name, o=options, k=steps, g=grid: sd.sample(sde, model, n, x_T=x, steps=k, grid=g,
+                                                                                   denoise=True, **o).x, None))
     if budget in args.sweep_nfe:
         sweep_budget = args.sweep_budget or AUTOTUNE_DEFAULTS["budget"]
         for name, options in CANDIDATES:
@@ -386,6 +395,17 @@ def print_tables(result: dict) -> None:
         se = float(np.std(np.subtract(a_rep, b_rep), ddof=1)) if a_rep and b_rep else math.hypot(a_se, b_se)
         print(f"| {budget} | {tuned['rms']:.4g} | {by_rms['label']} | {by_rms['rms']:.4g} | "
               f"{tuned['rms'] / by_rms['rms']:.2f} | {a:.4g} | {by_quality['label']} | {b:.4g} | {a - b:+.3g} ({se:.2g}) |")
+    fixed = [r for r in rows if r["family"] == "fixed"]
+    if fixed:
+        labels = list(dict.fromkeys(r["label"].rsplit("@", 1)[0] for r in fixed))
+        print("\nFixed grids, no calibration: RMS / the best diffusers scheduler's RMS, on the default grid (log-SNR grid)\n")
+        print("| NFE | " + " | ".join(labels) + " |")
+        print("|---|" + "---|" * len(labels))
+        for budget in sorted({r["nfe_budget"] for r in fixed}):
+            best = min(r["rms"] for r in rows if r["nfe_budget"] == budget and r["family"] == "diffusers")
+            at = {r["label"]: r["rms"] / best for r in fixed if r["nfe_budget"] == budget}
+            print(f"| {budget} | " + " | ".join(f"{at.get(lab + '@default', math.nan):.2f} ({at.get(lab + '@log-SNR', math.nan):.2f})"
+                                                 for lab in labels) + " |")
     print("\n| NFE | autotune's choice (cost) | its RMS | sweep's best (total cost) | its RMS | chosen / best | "
           "autotune cost / sweep cost |")
     print("|---|---|---|---|---|---|---|")
@@ -406,7 +426,7 @@ def picture_panels(result: dict, pictures: dict, reference: torch.Tensor, count:
     budgets = [b for b in (5, 10) if any(k[0] == b for k in pictures)]
     captions = {}
     for r in result["rows"]:
-        if r["nfe_budget"] in budgets and r["family"] != "sweep":
+        if r["nfe_budget"] in budgets and r["family"] not in ("sweep", "fixed"):
             first = next(iter(r["quality"].items()))
             captions[(r["nfe_budget"], r["label"])] = f"RMS {r['rms']:.3g}, {first[0]} {first[1][0]:.3g}"
     teacher = f"teacher (dopri5, {result['teacher']['nfe']} NFE)"

@@ -309,8 +309,8 @@ def test_default_grids_are_the_measured_rules_by_step_count(steps):
                                 ("unipc", {}, UNIPC_GRIDS[2]), ("unipc", {"order": 3}, UNIPC_GRIDS[3])]:
         result = sd.sample(sde, model, name, x_T=x_T[:2], steps=steps, t_min=t_min, **options)
         assert torch.equal(result.times, rule(sde, steps, t_min).to(result.times.dtype))
-    assert isinstance(UNIPC_GRIDS[2].grid_for(sde, 23), sd.solvers.grids.PowerGrid)
-    assert UNIPC_GRIDS[2].grid_for(sde, 23).kappa == -0.1 and UNIPC_GRIDS[2].grid_for(sde, 24).kappa == 0.05
+    assert isinstance(UNIPC_GRIDS[2].grid_for(sde, 18), sd.solvers.grids.LogSNRGrid)
+    assert UNIPC_GRIDS[2].grid_for(sde, 19).kappa == 0.05
 
 
 def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step():
