@@ -21,10 +21,11 @@ where ^(k) is the k-th lambda-derivative. Every coefficient comes from `LinearSD
 Conventions shared by every solver in this module (and `unipc`):
 
 - default grid `log_snr` (uniform steps in lambda, as DPM-Solver's analysis assumes) and 20 steps (DDIM and
-  SDE-DPM-Solver++: 50); DPM-Solver++(2M), (3M) and UniPC default to measured rules by step count that stay near it
-  (`DPM_SOLVER_PP_2M_GRID`, `DPM_SOLVER_PP_3M_GRID`, `UNIPC_GRIDS`). In benchmarks/exponential_orders.py the log-SNR grid beats the EDM (rho = 7) grid on the
-  2-D ring under both the EDM and VP SDEs (by up to 3x at 20-50 NFE), the EDM grid wins on the 32-D mixture
-  (by 1.2-1.6x at 50 NFE), and uniform-in-t loses everywhere (by orders of magnitude under the EDM SDE);
+  SDE-DPM-Solver++: 50). DPM-Solver++(2M), (3M) and UniPC default to measured rules by step count that stay near
+  it (`DPM_SOLVER_PP_2M_GRID`, `DPM_SOLVER_PP_3M_GRID`, `UNIPC_GRIDS`). In benchmarks/exponential_orders.py the
+  log-SNR grid beats the EDM (rho = 7) grid on the 2-D ring under both the EDM and VP SDEs (by up to 3x at 20-50
+  NFE), the EDM grid wins on the 32-D mixture (by 1.2-1.6x at 50 NFE), and uniform-in-t loses everywhere (by
+  orders of magnitude under the EDM SDE);
 - one network evaluation per multistep step, `order` per singlestep step, all counted by the `ScoreModel` wrapper;
 - `lower_order_final` (multistep solvers, default True): when the grid has fewer than 15 steps, the last steps
   drop to order `min(order, steps left)`, so the final step is first order. This is the threshold of diffusers and
@@ -368,7 +369,7 @@ class MultistepSolver(ExponentialSolver):
         """The order this step can run at: limited by the history and, near the end, by `lower_order_final`."""
         order = min(self.order, available)
         if self.lower_order_final and state.n_steps < LOWER_ORDER_FINAL_BELOW:
-            order = min(order, state.n_steps - state.index + state.then_denoise)
+            order = min(order, state.n_steps - state.index + int(state.then_denoise))
         return order
 
     @staticmethod
