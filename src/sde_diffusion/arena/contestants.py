@@ -329,8 +329,10 @@ VARIANTS: list[tuple[str, str, dict, str | None]] = [
     # (label, registered name, options, grid): option and grid variants worth a row of their own. (DDIM with
     # eta = 1 is ancestral sampling, and DPM-Solver-1 is DDIM: both already have rows.)
     ("unipc(order=3)", "unipc", {"order": 3}, None),
-    ("dpm_solver_pp_2m@edm", "dpm_solver_pp_2m", {}, "edm"),  # "DPM++ 2M Karras"
+    ("dpm_solver_pp_2m@edm", "dpm_solver_pp_2m", {}, "edm"),  # "DPM++ 2M Karras" (diffusers' below 15 steps with count_denoise)
     ("unipc@edm", "unipc", {}, "edm"),
+    ("unipc(count_denoise=True)", "unipc", {"count_denoise": True}, None),  # diffusers' lower_order_final convention
+    ("dpm_solver_pp_2m(count_denoise=True)", "dpm_solver_pp_2m", {"count_denoise": True}, None),
     ("edm_heun(S_churn=40)", "edm_heun", {"S_churn": 40.0}, None),
 ]
 
