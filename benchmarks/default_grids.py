@@ -8,14 +8,19 @@ measurement is the arena's own (`arena.run.Case` draws x_T from the exact p_T an
 and the median per-sample error on the same scale; `Contestant.plan` picks the step count within each budget).
 Each row is compared with the best peer of its (case, NFE): ratio = error / min over diffusers schedulers.
 
-Two independent sets of draws (different arena seeds, so different x_T): `--phase select` measures every candidate
-on the selection seeds and prints, per solver and budget, the grid whose worst ratio over the cases is smallest;
-`--phase heldout` measures the solvers on the grids they get by default (what `sample` picks when no grid is
-given) on the held-out seeds, with the old default (the log-SNR grid) beside them.
+Two independent sets of draws (different arena seeds, so different x_T):
+- `--phase select` measures every candidate on the selection seeds and prints, per solver and budget, the grid whose
+  worst ratio over the cases is smallest (`--metric`). It also prints, per solver, the rule by step count (at most
+  two pieces, each over at least two budgets) with the least geometric-mean ratio over cases and budgets, among the
+  candidates with kappa >= 0 and among all. The first is what `solvers/exponential.py` takes as its defaults.
+- `--phase heldout` measures the solvers on the grids they get by default (what `sample` picks when no grid is
+  given) on the held-out seeds, with the log-SNR grid (the old default) beside them, per case and budget and per
+  solver.
+The multistep solvers also run with `count_denoise=True` (under 15 steps), as rows of their own.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/default_grids.py --phase select
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/default_grids.py --phase heldout
-    # options: --problems ... --sdes ... --budgets ... --samples 512 --seeds 1000 1001 --metric worst
+    # options: --problems ... --sdes ... --budgets ... --grids ... --samples 512 --seeds 1000 1001 --metric worst
 """
 
 from __future__ import annotations
@@ -314,7 +319,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="arena seeds of the draws (default: 1000 1001 to select, 2000 2001 held out)")
     parser.add_argument("--metric", choices=("rms", "median", "worst"), default="worst",
-                        help="what the selection minimises: the worst over the cases of the RMS ratio, the median ratio, or the larger of the two")
+                        help="what the per-budget table of --phase select minimises: the worst over the cases of the RMS ratio, the median ratio, or the larger of the two")
     parser.add_argument("--out", default="benchmarks/results/default_grids")
     parser.add_argument("--of", choices=("select", "heldout"), default="heldout", help="with --phase report: which CSV to read")
     args = parser.parse_args(argv)
