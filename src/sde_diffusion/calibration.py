@@ -37,11 +37,12 @@ the given end points. Two searches over theta:
 - `method="gradient"` (the default), as LD3 does: every coefficient of the deterministic solvers is a torch function
   of alpha, sigma and log-SNR at the grid's times, so the solve is differentiable in theta, and Adam descends on the
   pilot error from the best of `GRADIENT_STARTS` (log-SNR, EDM at rho = 7, 5, 3, uniform), going back to the best
-  grid with half the step after a step that makes it worse or a plateau. The teacher is cheap (the adaptive Dormand-Prince pair in log-SNR at
-  1e-4, 75-81 evaluations per draw on the arena's EDM cases, an error of 3e-5 to 8e-5), the pilot batch small (64-512
-  draws), and the whole calibration (teacher, starts, descent, validation) stops within `budget` sample-evaluations
-  (rows x network calls, a backward pass counting as two, counted by `counting.SampleEvaluationCounter`): 100 000
-  by default, against 45-127 million for the Powell search below at the arena's settings.
+  grid with half the step after a step that makes it worse or a plateau. The teacher is cheap (the adaptive
+  Dormand-Prince pair in log-SNR at 1e-4, 75-81 evaluations per draw on the arena's EDM cases, an error of 3e-5 to
+  8e-5), the pilot batch small (64-512 draws), and the whole calibration (teacher, starts, descent, validation)
+  stops within `budget` sample-evaluations (rows x network calls, a backward pass counting as two, counted by
+  `counting.SampleEvaluationCounter`): 100 000 by default, against 45-127 million for the Powell search below at
+  the arena's settings.
 - `method="powell"`: Powell's derivative-free method (scipy) from each of the log-SNR and EDM grids, against DOP853
   at 1e-9; any solver and any model, no gradients, but many more solves of the pilot batch (each search capped by
   `max_evaluations`); `trim` is for it alone.
