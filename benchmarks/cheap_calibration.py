@@ -179,15 +179,16 @@ def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
     """autotune (its defaults, `--seeds` seeds) against the exhaustive sweep: for each seed, every candidate
     calibrated on its own by `calibrate_grid` at autotune's whole budget on that seed's autotune pilot draws (so the
     two differ by the search alone, and autotune costs a quarter of the sweep). Fresh errors are means over the
-    seeds; the sweep's best is the candidate of least mean error."""
+    seeds; the sweep's best is the candidate of least mean error, and its range over the seeds shows how much one
+    calibration moves with its pilot draws alone."""
     defaults = {k: v.default for k, v in inspect.signature(sd.autotune).parameters.items()
                 if v.default is not inspect.Parameter.empty}
     budget_each = defaults["budget"]
     labels = [f"{name}{options or ''}" for name, options in sd.autotuning.CANDIDATES]
     print(f"\n| NFE | autotune's choices (mean cost) | its fresh error (mean over {args.seeds} seeds) | sweep: each "
-          f"candidate's fresh error (at {budget_each} each) | sweep's best (mean total cost) | autotune / sweep's best | "
-          "/ best peer |")
-    print("|---|---|---|---|---|---|---|")
+          f"candidate's fresh error (at {budget_each} each) | sweep's best (mean total cost) | its range over the seeds | "
+          "autotune / sweep's best | / best peer |")
+    print("|---|---|---|---|---|---|---|---|")
     for budget in args.budgets:
         ours, choices, cost, sweep, spent = [], [], 0, {label: [] for label in labels}, 0
         for seed in range(args.seeds):
@@ -214,7 +215,8 @@ def autotune_rows(sde, mixture, model, t_min, args, sets, best_peer):
         each = ", ".join(f"{label} {error:.3g}" for label, error in mean.items())
         chosen = ", ".join(f"{c} x{choices.count(c)}" for c in dict.fromkeys(choices))
         print(f"| {budget} | {chosen} ({cost // args.seeds}) | {ours_mean:.3g} (worst {max(ours):.3g}) | {each} | "
-              f"{best} ({spent // args.seeds}) | {ours_mean / mean[best]:.2f} | {ours_mean / best_peer[budget][1]:.2f} |",
+              f"{best} ({spent // args.seeds}) | {min(sweep[best]):.3g}-{max(sweep[best]):.3g} | "
+              f"{ours_mean / mean[best]:.2f} | {ours_mean / best_peer[budget][1]:.2f} |",
               flush=True)
 
 

@@ -53,9 +53,9 @@ def test_the_tuned_sampler_keeps_to_the_budget_and_the_cost_is_counted():
 
 
 def test_the_winner_is_a_finalist_of_the_first_round_and_every_start_was_tried():
-    """Successive halving: the chosen candidate is among the `FINALISTS` with the least first-round pilot error,
-    each candidate's first round tried every start of `GRADIENT_STARTS`, and its pilot error is no worse than its
-    best start's."""
+    """Successive halving: the chosen candidate is among the `FINALISTS` with the least first-round pilot error and
+    within `FINALIST_MARGIN` of the least, each candidate's first round tried every start of `GRADIENT_STARTS`, and
+    its pilot error is no worse than its best start's."""
     sde, mixture = sd.EDMSDE(), sd.GaussianMixture.ring()
     model = mixture.score_model(sde)
     candidates = [("unipc", {"order": 2}), ("unipc", {"order": 3}), ("dpm_solver_pp_2m", {})]
@@ -65,7 +65,9 @@ def test_the_winner_is_a_finalist_of_the_first_round_and_every_start_was_tried()
     for c in t.candidates:
         assert set(c["initial_errors"]) == labels and c["pilot_error"] <= min(c["initial_errors"].values())
     first = sorted(t.candidates, key=lambda c: c["pilot_error"])[: sd.autotuning.FINALISTS]
-    assert (t.solver, t.options) in [(c["solver"], c["options"]) for c in first]
+    least = first[0]["pilot_error"]
+    finalists = [(c["solver"], c["options"]) for c in first if c["pilot_error"] <= sd.autotuning.FINALIST_MARGIN * least]
+    assert (t.solver, t.options) in finalists
 
 
 def test_a_second_call_is_free_and_a_changed_weight_misses_the_cache(mlp_model, tmp_path):

@@ -4,9 +4,10 @@ budget, with what the search cost, cached on disk.
 Every candidate (a solver and its options) gets the most steps whose solve plus the final Tweedie step fits in `nfe`
 (measured: a probe solve of one draw through the counting wrapper, not a formula per solver). One teacher solve
 (`calibration.teacher_solve`) serves all candidates, on a pilot batch and a held-out validation batch. Then two
-rounds of `calibration.fit_grid_by_gradient` (successive halving): every candidate gets an equal share of a third
+rounds of `calibration.fit_grid_by_gradient` (successive halving): every candidate gets an equal share of a quarter
 of the budget, descending from the best of `calibration.GRADIENT_STARTS`; the `FINALISTS` with the least pilot
-error share the rest, each from where it stopped; the one of them with the least pilot error wins. The validation
+error, less those more than `FINALIST_MARGIN` times the best's, share the rest, each from where it stopped; the one
+of them with the least pilot error wins. The validation
 error of the winner on its grid is the one reported. Work is counted in sample-evaluations (rows x calls, a
 backward pass counting twice) by a `SampleEvaluationCounter`.
 
@@ -50,12 +51,17 @@ CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 """The default candidates: the multistep exponential integrators that led the arena at 5-50 NFE."""
 
-FIRST_ROUND = 1 / 3
+FIRST_ROUND = 1 / 4
 """The share of the budget (after the teacher) that the first round splits among the candidates."""
 FINALISTS = 2
-"""How many candidates the second round refines (the best by pilot error after the first)."""
+"""How many candidates the second round refines at most (the best by pilot error after the first)."""
+FINALIST_MARGIN = 1.5
+"""A candidate goes on to the second round only if its first-round pilot error is within this factor of the best's:
+one clearly behind would take half the second round from the likely winner. With a quarter for the first round,
+this lowered autotune's error against the exhaustive sweep from 1.16-1.66x to 1.08-1.35x on the arena's EDM cases
+(6 seeds; benchmarks/README.md, "Cheap calibration and autotune")."""
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -171,7 +177,8 @@ def autotune(
                      first_share, lr) for plan in plans]
     table = [dict(solver=n, options=o, steps=s, pilot_error=f.error, initial_errors=f.initial_errors)
              for f, (n, o, _, s) in first]
-    finalists = sorted(first, key=lambda r: r[0].error)[:FINALISTS]
+    ranked = sorted(first, key=lambda r: r[0].error)
+    finalists = [r for r in ranked[:FINALISTS] if r[0].error <= FINALIST_MARGIN * ranked[0][0].error]
     reserve = validation * nfe  # the validation solve of the winner
     second_share = (budget - reserve - counter.total) // len(finalists)
     second = [descend(plan, {"first round": fit.times}, second_share, lr / 2) for fit, plan in finalists]
