@@ -17,6 +17,7 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.exponential import LOWER_ORDER_FINAL_BELOW, phi
+from sde_diffusion.solvers.grids import get_grid
 from tests.conftest import SDE_FACTORIES
 from tests.helpers import TanhSDE, assert_moments, observed_order, reference_solution, rms
 
@@ -308,9 +309,11 @@ def test_default_grids_are_the_measured_rules_by_step_count(steps):
     for name, options, rule in [("dpm_solver_pp_2m", {}, DPM_SOLVER_PP_2M_GRID), ("dpm_solver_pp_3m", {}, DPM_SOLVER_PP_3M_GRID),
                                 ("unipc", {}, UNIPC_GRIDS[2]), ("unipc", {"order": 3}, UNIPC_GRIDS[3])]:
         result = sd.sample(sde, model, name, x_T=x_T[:2], steps=steps, t_min=t_min, **options)
-        assert torch.equal(result.times, rule(sde, steps, t_min).to(result.times.dtype))
-    assert isinstance(UNIPC_GRIDS[2].grid_for(sde, 18), sd.solvers.grids.LogSNRGrid)
-    assert UNIPC_GRIDS[2].grid_for(sde, 19).kappa == 0.05
+        assert torch.equal(result.times, get_grid(rule)(sde, steps, t_min).to(result.times.dtype))
+    assert isinstance(DPM_SOLVER_PP_3M_GRID.grid_for(sde, 18), sd.solvers.grids.LogSNRGrid)
+    assert DPM_SOLVER_PP_3M_GRID.grid_for(sde, 19).kappa == 0.05
+    log_snr = sd.solvers.grids.LogSNRGrid()(sde, steps, t_min)
+    assert torch.equal(sd.sample(sde, model, "unipc", x_T=x_T[:2], steps=steps, t_min=t_min).times, log_snr.to(x_T.dtype))
 
 
 def test_lower_order_final_with_the_unipc_corrector_changes_only_the_last_step():
