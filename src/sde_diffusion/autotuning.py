@@ -7,9 +7,8 @@ Every candidate (a solver and its options) gets the most steps whose solve plus 
 rounds of `calibration.fit_grid_by_gradient` (successive halving): every candidate gets an equal share of a quarter
 of the budget, descending from the best of `calibration.GRADIENT_STARTS`; the `FINALISTS` with the least pilot
 error, less those more than `FINALIST_MARGIN` times the best's, share the rest, each from where it stopped; the one
-of them with the least pilot error wins. The validation
-error of the winner on its grid is the one reported. Work is counted in sample-evaluations (rows x calls, a
-backward pass counting twice) by a `SampleEvaluationCounter`.
+of them with the least pilot error wins. The validation error of the winner on its grid is the one reported. Work
+is counted in sample-evaluations (rows x calls, a backward pass counting twice) by a `SampleEvaluationCounter`.
 
 The result is stored as JSON under `cache_dir` (default `$SDE_DIFFUSION_CACHE`, else ~/.cache/sde_diffusion/autotune),
 keyed by a fingerprint of the network's weights (an `nn.Module`'s state dict, bytes and all), the SDE (alpha and
@@ -58,8 +57,8 @@ FINALISTS = 2
 FINALIST_MARGIN = 1.5
 """A candidate goes on to the second round only if its first-round pilot error is within this factor of the best's:
 one clearly behind would take half the second round from the likely winner. With a quarter for the first round,
-this lowered autotune's error against the exhaustive sweep from 1.16-1.66x to 1.08-1.35x on the arena's EDM cases
-(6 seeds; benchmarks/README.md, "Cheap calibration and autotune")."""
+autotune's error against the exhaustive sweep is 1.07-1.43x on the arena's EDM cases over 6 seeds, against
+1.01-1.86x over 3 seeds before (benchmarks/README.md, "Cheap calibration and autotune")."""
 
 CACHE_VERSION = 3
 
